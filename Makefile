@@ -1,0 +1,37 @@
+# `make demo` and `make test` do the whole set-up on a fresh machine:
+# a .venv in the repo, the pinned packages, the compiled extension (C++ always, CUDA when a toolkit
+# is found). A second run skips what is already done.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+EXT_STAMP := build/.extension
+# The CUDA toolkit root is the folder whose lib64 holds libcudart.so (torch guesses it wrongly
+# from an nvcc on PATH).
+CUDA_HOME ?= $(firstword $(foreach d,/usr/local/cuda $(wildcard /usr/local/cuda-*),$(if $(wildcard $(d)/lib64/libcudart.so),$(d))))
+TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+export CUDA_HOME TORCH_CUDA_ARCH_LIST
+
+.PHONY: demo test setup extension clean
+
+setup: $(EXT_STAMP)
+
+$(VENV_STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+$(EXT_STAMP): $(VENV_STAMP) setup.py $(wildcard csrc/*)
+	MAX_JOBS=2 $(PY) setup.py -q build_ext --inplace
+	mkdir -p build && touch $@
+
+extension: $(EXT_STAMP)
+
+test: $(EXT_STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(EXT_STAMP)
+	$(PY) bench/ops.py
+
+clean:
+	rm -rf build occ/_C*.so
