@@ -1,0 +1,163 @@
+"""Occ-BEV pre-training targets: binary occupancy from accumulated, unlabelled LiDAR (SPEC 5).
+
+The target of a key frame t lives on the Occ3D grid in the ego frame of t's LIDAR_TOP sample_data:
+x, y in [-40, 40), z in [-1, 5.4), 0.4 m voxels -> (200, 200, 16) indexed [x, y, z]. A voxel is
+occupied when any accumulated LiDAR point falls in it, else empty (no ray casting, no masks).
+
+Accumulated scans: the key frame, the previous and next `frames` key frames and every sweep between
+them, found by walking the LIDAR_TOP sample_data prev/next chain (at a scene end, what exists).
+Each scan goes sensor -> ego(t_i) (its calibrated_sensor) -> global (its own ego_pose) -> ego(t)
+(inverse of the key frame's ego pose). Points outside the grid are dropped, never clipped onto
+the border voxels, and the voxel of a point p is floor((p - lower) / 0.4) with no range/(N-1)
+voxel size (the quirks of the original, SPEC 5).
+"""
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from occ.geometry import invert_transform, make_transform, transform_points
+
+GRID_LOWER = np.array([-40.0, -40.0, -1.0])  # metres, ego frame
+VOXEL_SIZE = 0.4  # metres
+GRID_SHAPE = (200, 200, 16)  # [x, y, z]
+EGO_BODY_HALF_EXTENT = 1.0  # metres, in the sensor frame (SPEC 1.1)
+
+
+def load_lidar_points(path):
+    """A nuScenes `.pcd.bin` -> float32 (N, 5): x, y, z, intensity, ring in the sensor frame."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LiDAR file {path} does not exist")
+    size = path.stat().st_size
+    if size % 20 != 0:
+        raise ValueError(f"LiDAR file {path} has {size} bytes, not a multiple of 20 "
+                         "(5 float32 values per point)")
+    points = np.fromfile(path, dtype=np.float32).reshape(-1, 5)
+    if not np.isfinite(points).all():
+        raise ValueError(f"LiDAR file {path} holds NaN or infinite values")
+    return points
+
+
+def remove_ego_body(points_sensor):
+    """Drop the points on the ego vehicle: a point (x, y, ...) in the scan's own sensor frame is
+    removed when |x| < 1 m AND |y| < 1 m (strict; z is not looked at). (N, F) -> (M, F)."""
+    on_body = ((np.abs(points_sensor[:, 0]) < EGO_BODY_HALF_EXTENT)
+               & (np.abs(points_sensor[:, 1]) < EGO_BODY_HALF_EXTENT))
+    return points_sensor[~on_body]
+
+
+def voxel_indices(points_ego):
+    """Ego-frame points (N, 3+) -> int64 (M, 3) [x, y, z] voxel indices of the points inside the
+    grid, floor((p - lower) / 0.4); points outside are dropped."""
+    indices = np.floor((points_ego[:, :3] - GRID_LOWER) / VOXEL_SIZE).astype(np.int64)
+    inside = np.all((indices >= 0) & (indices < np.array(GRID_SHAPE)), axis=1)
+    return indices[inside]
+
+
+def occupancy_from_scans(scans, key_ego2global):
+    """Binary occupancy in the key frame's ego frame from a list of LiDAR scans.
+
+    scans: list of (points_sensor (N, 3+), sensor2ego (4, 4), ego2global (4, 4)), each scan with
+        its own calibration and its own ego pose.
+    key_ego2global: (4, 4) ego pose of the key frame's LiDAR sample_data.
+    Returns bool (200, 200, 16) [x, y, z].
+    """
+    global2key_ego = invert_transform(np.asarray(key_ego2global, dtype=np.float64))
+    occupied = np.zeros(GRID_SHAPE, dtype=bool)
+    for points_sensor, sensor2ego, ego2global in scans:
+        points_sensor = remove_ego_body(np.asarray(points_sensor))
+        sensor2key_ego = global2key_ego @ ego2global @ sensor2ego
+        points_key_ego = transform_points(sensor2key_ego, points_sensor[:, :3].astype(np.float64))
+        x, y, z = voxel_indices(points_key_ego).T
+        occupied[x, y, z] = True
+    return occupied
+
+
+def lidar_chain(nusc, sample_token, frames=2):
+    """The LIDAR_TOP sample_data records that make the target of `sample_token`, in time order:
+    back along `prev` up to and including the `frames`-th previous key frame, the key frame, and
+    forward along `next` up to and including the `frames`-th next key frame (fewer at scene ends).
+    `nusc` only needs `get(table, token)` (a nuscenes-devkit NuScenes)."""
+    if frames < 0:
+        raise ValueError(f"frames must be >= 0, got {frames}")
+    sample = nusc.get("sample", sample_token)
+    if "LIDAR_TOP" not in sample["data"]:
+        raise KeyError(f"sample {sample_token} has no LIDAR_TOP sample_data")
+    key = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
+
+    def walk(direction):
+        records, key_frames_seen, token = [], 0, key[direction]
+        while token and key_frames_seen < frames:
+            record = nusc.get("sample_data", token)
+            records.append(record)
+            key_frames_seen += bool(record["is_key_frame"])
+            token = record[direction]
+        return records
+
+    return walk("prev")[::-1] + [key] + walk("next")
+
+
+def sample_data_transforms(nusc, sample_data):
+    """(sensor2ego, ego2global) 4x4 of one sample_data record, from its own calibrated_sensor and
+    its own ego_pose."""
+    calibration = nusc.get("calibrated_sensor", sample_data["calibrated_sensor_token"])
+    ego_pose = nusc.get("ego_pose", sample_data["ego_pose_token"])
+    sensor2ego = make_transform(calibration["rotation"], calibration["translation"])
+    ego2global = make_transform(ego_pose["rotation"], ego_pose["translation"])
+    return sensor2ego, ego2global
+
+
+def occbev_target(nusc, sample_token, frames=2):
+    """Occ-BEV target of one key frame: bool (200, 200, 16) in its LiDAR ego frame, from the
+    key frame and +-`frames` key frames with every sweep between them."""
+    chain = lidar_chain(nusc, sample_token, frames)
+    scans = []
+    for sample_data in chain:
+        points = load_lidar_points(Path(nusc.dataroot) / sample_data["filename"])
+        scans.append((points, *sample_data_transforms(nusc, sample_data)))
+    key_sample_data = nusc.get("sample_data", nusc.get("sample", sample_token)["data"]["LIDAR_TOP"])
+    _, key_ego2global = sample_data_transforms(nusc, key_sample_data)
+    return occupancy_from_scans(scans, key_ego2global)
+
+
+def occbev_target_path(targets_dir, sample_token):
+    """Where the target of `sample_token` is cached: `<targets_dir>/<sample_token>.npz`."""
+    return Path(targets_dir) / f"{sample_token}.npz"
+
+
+def save_occbev_target(path, occupied):
+    """Write bool (200, 200, 16) as `occupied` = np.packbits along z -> uint8 (200, 200, 2), in a
+    compressed .npz, atomically (temp file + rename)."""
+    occupied = np.asarray(occupied)
+    if occupied.dtype != bool or occupied.shape != GRID_SHAPE:
+        raise ValueError(f"occupancy must be bool {GRID_SHAPE}, got {occupied.dtype} {occupied.shape}")
+    path = Path(path)
+    temp_path = path.with_name(path.name + ".tmp")
+    with open(temp_path, "wb") as f:
+        np.savez_compressed(f, occupied=np.packbits(occupied, axis=-1))
+    os.replace(temp_path, path)
+
+
+def load_occbev_target(path):
+    """Read a target written by `save_occbev_target` -> bool (200, 200, 16) [x, y, z]."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Occ-BEV target {path} does not exist "
+                                "(run datasets/prepare_occbev.py first)")
+    try:
+        data = np.load(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"Occ-BEV target {path} is not a readable .npz file: {error}") from error
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"Occ-BEV target {path} is a single array, not an .npz archive")
+    with data:
+        if "occupied" not in data.files:
+            raise KeyError(f"Occ-BEV target {path} has no 'occupied' array (has {data.files})")
+        packed = data["occupied"]
+    packed_shape = GRID_SHAPE[:2] + (GRID_SHAPE[2] // 8,)
+    if packed.dtype != np.uint8 or packed.shape != packed_shape:
+        raise ValueError(f"Occ-BEV target {path}: 'occupied' must be packed uint8 {packed_shape}, "
+                         f"got {packed.dtype} {packed.shape}")
+    return np.unpackbits(packed, axis=-1, count=GRID_SHAPE[2]).astype(bool)
