@@ -1,0 +1,275 @@
+"""Losses: occupancy cross-entropy (SPEC 1.5), the optional four-loss variant, DistillOcc (SPEC 3)
+and the Occ-BEV focal loss (SPEC 5).
+
+Shapes used throughout (Occ3D grid indexed [x, y, z] in the ego frame):
+  logits     (B, X, Y, Z, C)  float, C = 18 classes, class 17 = free
+  labels     (B, X, Y, Z)     int64 in [0, C)
+  mask       (B, X, Y, Z)     bool, e.g. mask_camera
+  BEV feature (B, C_bev, Y, X) float (rows = y, columns = x, as SPEC 5 writes the BEV layout)
+Every loss is computed in float32 and returns a scalar tensor connected to the logits, so a batch
+with an empty mask gives 0 with a (zero) gradient rather than NaN.
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FREE_CLASS = 17         # Occ3D-nuScenes "free"
+LAST_FG_CLASS = 10      # classes 0..10 are foreground things, 11..16 background stuff
+
+
+def _check_grid(logits, labels, mask):
+    if logits.shape[:-1] != labels.shape or labels.shape != mask.shape:
+        raise ValueError(f"shape mismatch: logits {tuple(logits.shape)} need labels and mask of shape "
+                         f"{tuple(logits.shape[:-1])}, got labels {tuple(labels.shape)}, "
+                         f"mask {tuple(mask.shape)}")
+    if labels.dtype != torch.int64:
+        raise ValueError(f"labels must be int64, got {labels.dtype}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be bool, got {mask.dtype}")
+    num_classes = logits.shape[-1]
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), found values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+
+
+def masked_cross_entropy(logits, labels, mask, class_weights=None):
+    """Cross-entropy with per-voxel weight mask (SPEC 1.5):
+
+        sum_v mask_v * w[label_v] * CE_v / max(sum_v mask_v, 1)
+
+    with w = 1 (the released config) or `class_weights` (C,). The normaliser is the number of
+    masked voxels in both cases, so class weights change the balance between classes, not the
+    overall scale convention.
+    """
+    _check_grid(logits, labels, mask)
+    num_classes = logits.shape[-1]
+    ce = F.cross_entropy(logits.float().reshape(-1, num_classes), labels.reshape(-1), reduction="none")
+    weight = mask.reshape(-1).float()
+    if class_weights is not None:
+        if class_weights.shape != (num_classes,):
+            raise ValueError(f"class_weights must have shape ({num_classes},), got "
+                             f"{tuple(class_weights.shape)}")
+        weight = weight * class_weights.to(ce.device, torch.float32)[labels.reshape(-1)]
+    return (ce * weight).sum() / mask.sum().clamp(min=1)
+
+
+# ------------------------------------------------------------------ the optional four-loss variant
+
+def count_class_voxels(labels, mask, num_classes=18):
+    """Voxel count per class (num_classes,) int64 of `labels` inside `mask`.
+
+    Class frequencies for `class_weights_from_frequencies` are these counts summed over every
+    sample of the training split (raw counts, not normalised: the weight formula depends on the
+    scale), counted inside mask_camera, i.e. over the voxels the loss sees.
+    """
+    return torch.bincount(labels[mask].reshape(-1), minlength=num_classes)[:num_classes]
+
+
+def class_weights_from_frequencies(frequencies):
+    """w_c = 1 / ln(freq_c + 0.001) from raw per-class voxel counts (see `count_class_voxels`).
+
+    A count <= 1 would give a non-positive or infinite weight, so it is refused.
+    """
+    freq = np.asarray(frequencies, dtype=np.float64)
+    if (freq <= 1).any():
+        raise ValueError(f"class frequencies must be raw voxel counts > 1 (1/ln(f) is not a weight "
+                         f"otherwise); classes {np.nonzero(freq <= 1)[0].tolist()} have {freq[freq <= 1]}")
+    return torch.from_numpy(1.0 / np.log(freq + 0.001)).float()
+
+
+def _bce_to_one(x):
+    """BCE(x, 1) = -log(x), with torch's clamp of log at -100 (x is a ratio in [0, 1])."""
+    return F.binary_cross_entropy(x.clamp(0.0, 1.0), torch.ones_like(x))
+
+
+def sem_scal_loss(logits, labels, mask):
+    """MonoScene semantic scene-class affinity loss over the masked voxels.
+
+    probs = softmax(logits). For each class c present among the masked labels, with p = probs[:, c]
+    and t = [label == c]: precision = sum(p t)/sum(p), recall = sum(p t)/sum(t),
+    specificity = sum((1-p)(1-t))/sum(1-t); each term -log(.) is added when its denominator is
+    positive. The result is the mean over the present classes (0 when none is present).
+    """
+    _check_grid(logits, labels, mask)
+    probs = logits.float().softmax(-1)[mask]    # (N, C)
+    target = labels[mask]                       # (N,)
+    total, present = logits.sum() * 0.0, 0
+    for c in range(logits.shape[-1]):
+        is_c = (target == c).float()
+        if is_c.sum() == 0:
+            continue
+        present += 1
+        p = probs[:, c]
+        hit = (p * is_c).sum()
+        if p.sum() > 0:
+            total = total + _bce_to_one(hit / p.sum())
+        total = total + _bce_to_one(hit / is_c.sum())
+        if (1 - is_c).sum() > 0:
+            total = total + _bce_to_one(((1 - p) * (1 - is_c)).sum() / (1 - is_c).sum())
+    return total / max(present, 1)
+
+
+def geo_scal_loss(logits, labels, mask, free_class=FREE_CLASS):
+    """MonoScene geometry scene-class affinity loss over the masked voxels.
+
+    Occupied probability q = 1 - softmax(logits)[free_class], target o = [label != free_class]:
+    -log(precision) - log(recall) - log(specificity) with precision = sum(q o)/sum(q),
+    recall = sum(q o)/sum(o), specificity = sum((1-q)(1-o))/sum(1-o); a term whose denominator is
+    0 (no occupied / no free voxel in the mask) is left out. 0 for an empty mask.
+    """
+    _check_grid(logits, labels, mask)
+    free_prob = logits.float().softmax(-1)[..., free_class][mask]   # (N,)
+    occupied = (labels[mask] != free_class).float()
+    occupied_prob = 1 - free_prob
+    hit = (occupied_prob * occupied).sum()
+    total = logits.sum() * 0.0
+    if occupied_prob.sum() > 0:
+        total = total + _bce_to_one(hit / occupied_prob.sum())
+    if occupied.sum() > 0:
+        total = total + _bce_to_one(hit / occupied.sum())
+    if (1 - occupied).sum() > 0:
+        total = total + _bce_to_one((free_prob * (1 - occupied)).sum() / (1 - occupied).sum())
+    return total
+
+
+def _lovasz_jaccard_gradient(is_class_sorted):
+    """Gradient of the Lovasz extension of the Jaccard loss for errors sorted in decreasing order
+    (Berman et al. 2018, Alg. 1): g_1 = J_1, g_i = J_i - J_{i-1}, with J_i the Jaccard loss when
+    the i largest-error voxels are predicted wrongly."""
+    num_positive = is_class_sorted.sum()
+    intersection = num_positive - is_class_sorted.cumsum(0)
+    union = num_positive + (1 - is_class_sorted).cumsum(0)
+    jaccard = 1 - intersection / union
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+
+def lovasz_softmax_loss(logits, labels, mask):
+    """Lovasz-softmax (Berman et al. 2018) over the masked voxels of the whole batch.
+
+    For each class c present among the masked labels: errors e_v = |[label_v == c] - p_v,c|,
+    sorted in decreasing order, dotted with the Lovasz gradient of the Jaccard loss; the result is
+    the mean over present classes (0 when none is present).
+    """
+    _check_grid(logits, labels, mask)
+    probs = logits.float().softmax(-1)[mask]    # (N, C)
+    target = labels[mask]
+    per_class = []
+    for c in range(logits.shape[-1]):
+        is_c = (target == c).float()
+        if is_c.sum() == 0:
+            continue
+        errors = (is_c - probs[:, c]).abs()
+        errors_sorted, order = errors.sort(descending=True)
+        per_class.append(errors_sorted @ _lovasz_jaccard_gradient(is_c[order]))
+    if not per_class:
+        return logits.sum() * 0.0
+    return torch.stack(per_class).mean()
+
+
+def four_losses(logits, labels, mask, class_weights):
+    """The optional "all four losses" variant of SPEC 1.5, each weight 1, all restricted to `mask`:
+    class-weighted CE (w = `class_weights_from_frequencies`), sem_scal, geo_scal, Lovasz-softmax."""
+    return {
+        "loss_ce": masked_cross_entropy(logits, labels, mask, class_weights),
+        "loss_sem_scal": sem_scal_loss(logits, labels, mask),
+        "loss_geo_scal": geo_scal_loss(logits, labels, mask),
+        "loss_lovasz": lovasz_softmax_loss(logits, labels, mask),
+    }
+
+
+# ------------------------------------------------------------------------- DistillOcc (SPEC 3)
+
+def distill_masks(labels):
+    """Disjoint fg / bg / empty masks from a label grid (GT or teacher argmax) (B, X, Y, Z).
+
+    3-D voxel masks (B, X, Y, Z): fg = class <= 10, bg = 11..16, empty = 17 (free).
+    2-D column masks (B, X, Y): fg_col = the column has a voxel of class <= 10;
+    bg_col = it has no such voxel but has one in 11..16; empty_col = all its voxels are free.
+    (The original's bg column mask overlapped fg; these are disjoint and cover every column.)
+    """
+    fg = labels <= LAST_FG_CLASS
+    bg = (labels > LAST_FG_CLASS) & (labels < FREE_CLASS)
+    empty = labels == FREE_CLASS
+    fg_col = fg.any(-1)
+    return {"fg": fg, "bg": bg, "empty": empty,
+            "fg_col": fg_col, "bg_col": bg.any(-1) & ~fg_col, "empty_col": empty.all(-1)}
+
+
+def bev_feature_mse(student_bev, teacher_bev, column_mask):
+    """sum(mse * mask) / sum(mask) / C for BEV features (B, C, Y, X) and a column mask (B, X, Y).
+
+    The column mask is indexed [x, y] like the label grid, so it is transposed to the feature's
+    [y, x] layout here. 0 (with gradient) when the mask is empty.
+    """
+    mask = column_mask.transpose(1, 2).unsqueeze(1).float()   # (B, 1, Y, X)
+    if student_bev.shape != teacher_bev.shape or student_bev.shape[2:] != mask.shape[2:] \
+            or student_bev.shape[0] != mask.shape[0]:
+        raise ValueError(f"BEV features must both be (B, C, Y, X) = (B, C, {mask.shape[2]}, "
+                         f"{mask.shape[3]}); got student {tuple(student_bev.shape)}, "
+                         f"teacher {tuple(teacher_bev.shape)}")
+    mse = (student_bev.float() - teacher_bev.detach().float()) ** 2
+    num_channels = student_bev.shape[1]
+    return (mse * mask).sum() / mask.sum().clamp(min=1) / num_channels
+
+
+def logit_cosine_distance(student_logits, teacher_logits, voxel_mask):
+    """Mean over `voxel_mask` (B, X, Y, Z) of 1 - cos(student, teacher) over the class axis."""
+    cos = F.cosine_similarity(student_logits.float(), teacher_logits.detach().float(), dim=-1)
+    mask = voxel_mask.float()
+    return ((1 - cos) * mask).sum() / mask.sum().clamp(min=1)
+
+
+def distill_losses(student_bev, student_logits, teacher_bev, teacher_logits, semantics,
+                   mask_camera, labelled):
+    """The seven DistillOcc losses (SPEC 3), each weight 1, as a dict of named scalars.
+
+    student_bev, teacher_bev: (B, 512, Y, X); student_logits, teacher_logits: (B, X, Y, Z, 18);
+    semantics (B, X, Y, Z) int64 and mask_camera (B, X, Y, Z) bool, read only for samples with
+    labelled[b] True (B,) bool. Masks come from GT on labelled samples and from the teacher's
+    argmax on the others. loss_ce is the masked CE over labelled samples (0 when none is);
+    the feature and logit terms use all samples and no camera mask.
+    """
+    batch = student_logits.shape[0]
+    if labelled.shape != (batch,) or labelled.dtype != torch.bool:
+        raise ValueError(f"labelled must be a bool tensor of shape ({batch},), got "
+                         f"{labelled.dtype} {tuple(labelled.shape)}")
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} and student logits "
+                         f"{tuple(student_logits.shape)} differ in shape")
+    per_sample = labelled.view(batch, 1, 1, 1)
+    labels = torch.where(per_sample, semantics, teacher_logits.detach().argmax(-1))
+    masks = distill_masks(labels)
+    return {
+        "loss_ce": masked_cross_entropy(student_logits, labels, mask_camera & per_sample),
+        "loss_feat_fg": bev_feature_mse(student_bev, teacher_bev, masks["fg_col"]),
+        "loss_feat_bg": bev_feature_mse(student_bev, teacher_bev, masks["bg_col"]),
+        "loss_feat_empty": bev_feature_mse(student_bev, teacher_bev, masks["empty_col"]),
+        "loss_logit_fg": logit_cosine_distance(student_logits, teacher_logits, masks["fg"]),
+        "loss_logit_bg": logit_cosine_distance(student_logits, teacher_logits, masks["bg"]),
+        "loss_logit_empty": logit_cosine_distance(student_logits, teacher_logits, masks["empty"]),
+    }
+
+
+# ---------------------------------------------------------------------- Occ-BEV focal (SPEC 5)
+
+def occupancy_focal_loss(logits, occupied, alpha=0.25, gamma=2.0):
+    """Sigmoid focal loss for Occ-BEV geometry pre-training.
+
+    logits (..., 2): channel 0 = empty, channel 1 = occupied, each an independent sigmoid;
+    occupied (...) bool. Targets are one-hot over the 2 channels: t = (1 - occ, occ). Per element
+    with p = sigmoid(x): p_t = p if t = 1 else 1 - p, alpha_t = alpha if t = 1 else 1 - alpha,
+    FL = -alpha_t (1 - p_t)^gamma log(p_t).
+    Normalisation: the sum of FL over all voxels and both channels, divided by the number of
+    voxels (i.e. the per-voxel sum over the 2 channels, averaged over every voxel).
+    """
+    if logits.shape[-1] != 2 or logits.shape[:-1] != occupied.shape:
+        raise ValueError(f"focal loss needs logits (..., 2) and targets (...); got "
+                         f"{tuple(logits.shape)} and {tuple(occupied.shape)}")
+    target = F.one_hot(occupied.long(), 2).float()
+    x = logits.float()
+    p = x.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(x, target, reduction="none")   # -log(p_t), stable
+    p_t = p * target + (1 - p) * (1 - target)
+    alpha_t = alpha * target + (1 - alpha) * (1 - target)
+    focal = alpha_t * (1 - p_t) ** gamma * ce
+    return focal.sum() / max(occupied.numel(), 1)
