@@ -1,0 +1,196 @@
+"""Per-sample transforms: point loading and sweeps, image augmentation, LiDAR depth maps, BEV flips.
+
+Frames: points come out of `load_points` in their sensor frame and out of `load_multisweep_points`
+in the key-frame ego frame. Image pixels use integer-centred coordinates (pixel (i, j) is at
+u = i, v = j), the convention of the intrinsics and of the LSS frustum `linspace(0, W-1, ...)`.
+"""
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+from occ.geometry import image_aug_matrix, invert_transform
+
+POINT_DIMS = 5  # x, y, z, intensity, ring in the .pcd.bin files
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# SPEC 1.1 train-time image augmentation.
+IMAGE_AUG_DEFAULTS = {"resize_jitter": (-0.06, 0.11), "flip_prob": 0.5, "rotate_deg": (-5.4, 5.4)}
+
+
+# ----------------------------------------------------------------------------------------- points
+def load_points(path):
+    """A nuScenes .pcd.bin as float32 (P, 5); raises naming the file when it is missing, its size is
+    not a whole number of 5-float points, or a coordinate is not finite."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"point cloud not found: {path}")
+    size = os.path.getsize(path)
+    if size % (4 * POINT_DIMS):
+        raise ValueError(f"corrupt point cloud {path}: {size} bytes is not a multiple of "
+                         f"{4 * POINT_DIMS} (float32 x {POINT_DIMS} per point)")
+    points = np.fromfile(path, dtype=np.float32).reshape(-1, POINT_DIMS)
+    if not np.isfinite(points[:, :4]).all():
+        bad = int((~np.isfinite(points[:, :4])).any(axis=1).sum())
+        raise ValueError(f"corrupt point cloud {path}: {bad} point(s) with NaN/inf x, y, z or intensity")
+    return points
+
+
+def remove_ego_body(points, half_size=1.0):
+    """Drop points with |x| < half_size and |y| < half_size (the vehicle's own body)."""
+    inside = (np.abs(points[:, 0]) < half_size) & (np.abs(points[:, 1]) < half_size)
+    return points[~inside]
+
+
+def choose_sweeps(num_available, num_sweeps, rng=None):
+    """Indices into an info's `sweeps` (stored nearest first). Test mode (rng None): the
+    `num_sweeps` nearest in time. Train: a random subset of that size (SPEC 1.1). Fewer stored
+    sweeps than asked (a scene start) gives all of them."""
+    if num_available <= num_sweeps:
+        return list(range(num_available))
+    if rng is None:
+        return list(range(num_sweeps))
+    return sorted(rng.choice(num_available, num_sweeps, replace=False).tolist())
+
+
+def load_multisweep_points(data_root, info, sweep_indices):
+    """Key frame + the chosen sweeps in the key-frame ego frame: float32 (P, 5) x, y, z, intensity,
+    time_lag (s). Sweep points inside the ego body (in their own sensor frame) are dropped."""
+    lidar2ego = info["lidar2ego"]
+    key = load_points(os.path.join(data_root, info["lidar_path"]))
+    clouds = [_to_frame(key, lidar2ego, 0.0)]
+    for index in sweep_indices:
+        sweep = info["sweeps"][index]
+        points = remove_ego_body(load_points(os.path.join(data_root, sweep["path"])))
+        clouds.append(_to_frame(points, lidar2ego @ sweep["sensor2lidar"], sweep["time_lag"]))
+    return np.concatenate(clouds, axis=0)
+
+
+def _to_frame(points, transform, time_lag):
+    """(P, 5) sensor points -> (P, 5) x, y, z, intensity, time_lag in the frame of `transform`."""
+    out = np.empty((len(points), 5), dtype=np.float32)
+    out[:, :3] = points[:, :3].astype(np.float64) @ transform[:3, :3].T + transform[:3, 3]
+    out[:, 3] = points[:, 3]
+    out[:, 4] = time_lag
+    return out
+
+
+# ----------------------------------------------------------------------------------------- images
+def sample_image_aug(src_width, src_height, out_width, out_height, rng=None, aug=IMAGE_AUG_DEFAULTS):
+    """Image augmentation of one camera (SPEC 1.1) as (post_rot 3x3, post_tran 3).
+
+    Resize by out_width / src_width (+ U(resize_jitter) in train), bottom crop of out_height with a
+    random horizontal offset in train (centred in test), horizontal flip with flip_prob and a
+    rotation U(rotate_deg) in train. rng None = test mode: deterministic, no flip, no rotation.
+    """
+    resize = out_width / src_width
+    flip, rotate = False, 0.0
+    if rng is not None:
+        resize += rng.uniform(*aug["resize_jitter"])
+    resized_w, resized_h = src_width * resize, src_height * resize
+    crop_y = resized_h - out_height
+    if rng is None:
+        crop_x = (resized_w - out_width) / 2
+    else:
+        crop_x = rng.uniform(0, max(0.0, resized_w - out_width))
+        flip = bool(rng.uniform() < aug["flip_prob"])
+        rotate = rng.uniform(*aug["rotate_deg"])
+    return image_aug_matrix(resize, (crop_x, crop_y), flip, rotate, out_width, out_height)
+
+
+def image_size(path):
+    """(width, height) of an image file, from its header."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except OSError as error:
+        raise ValueError(f"unreadable image {path}: {error}") from error
+
+
+def load_image(path, post_rot, post_tran, out_width, out_height):
+    """The augmented image uint8 (out_height, out_width, 3) RGB: source pixel (u, v) lands at
+    post_rot[:2, :2] @ [u, v] + post_tran[:2]. One bilinear affine warp; JPEGs are decoded at a
+    reduced scale (DCT scaling) and other images box-reduced first when the resize allows, so the
+    warp never shrinks by more than 2x. Raises naming the file when it is missing or corrupt."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        image = Image.open(path)
+        src_width, src_height = image.size
+        resize = math.sqrt(abs(np.linalg.det(post_rot[:2, :2])))
+        image.draft("RGB", (math.ceil(src_width * resize), math.ceil(src_height * resize)))
+        image.load()  # PIL decodes lazily: truncated files fail here
+    except OSError as error:
+        raise ValueError(f"unreadable image {path}: {error}") from error
+    scale = 1.0 / round(src_width / image.size[0])  # decoded pixels per source pixel
+    box_factor = int(scale / resize)
+    if box_factor >= 2:
+        image = image.reduce(box_factor)
+        scale /= box_factor
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    # Source -> output in integer-centred pixels is (A, t); decoded = scale * (src + 0.5) - 0.5.
+    a_dec = post_rot[:2, :2] / scale
+    t_dec = post_tran[:2] - a_dec @ np.full(2, 0.5 * (scale - 1.0))
+    # PIL maps output pixel-area coordinates (u' + 0.5) to input pixel-area coordinates.
+    inverse = np.linalg.inv(a_dec)
+    offset = 0.5 - inverse @ (0.5 + t_dec)
+    coeffs = (inverse[0, 0], inverse[0, 1], offset[0], inverse[1, 0], inverse[1, 1], offset[1])
+    warped = image.transform((out_width, out_height), Image.Transform.AFFINE, coeffs,
+                             resample=Image.Resampling.BILINEAR)
+    return np.asarray(warped)
+
+
+def normalize_image(image):
+    """uint8 (H, W, 3) RGB -> float32 (3, H, W) normalised with the ImageNet mean/std."""
+    image = (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+
+# ------------------------------------------------------------------------------------- depth maps
+def lidar_depth_map(points_ego, cam2ego, intrinsics, post_rot, post_tran, height, width,
+                    min_depth=1.0, max_depth=45.0):
+    """Nearest LiDAR depth per pixel of the augmented image: float32 (height, width), 0 = no point.
+
+    points_ego (P, 3+) in the frame of `cam2ego`. A point lands on the pixel nearest to
+    post_rot @ K @ p_cam / depth + post_tran; depths are kept in [min_depth, max_depth).
+    """
+    ego2cam = invert_transform(cam2ego)
+    points_cam = points_ego[:, :3].astype(np.float64) @ ego2cam[:3, :3].T + ego2cam[:3, 3]
+    depth = points_cam[:, 2]
+    keep = (depth >= min_depth) & (depth < max_depth)
+    points_cam, depth = points_cam[keep], depth[keep]
+    uv = points_cam @ np.asarray(intrinsics)[:3, :3].T
+    uv = uv[:, :2] / depth[:, None]
+    uv = uv @ post_rot[:2, :2].T + post_tran[:2]
+    cols = np.floor(uv[:, 0] + 0.5).astype(np.int64)
+    rows = np.floor(uv[:, 1] + 0.5).astype(np.int64)
+    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+    pixel, depth = rows[inside] * width + cols[inside], depth[inside]
+    # scatter-min: sort by depth, keep the first (nearest) point of each pixel
+    order = np.argsort(depth, kind="stable")
+    pixel, depth = pixel[order], depth[order]
+    unique_pixels, first = np.unique(pixel, return_index=True)
+    depth_map = np.zeros(height * width, dtype=np.float32)
+    depth_map[unique_pixels] = depth[first]
+    return depth_map.reshape(height, width)
+
+
+# ------------------------------------------------------------------------------------------- BEV
+def flip_grid(grid, flip_x, flip_y):
+    """Mirror a grid indexed [x, y, ...] the way `bda_matrix(flip_x, flip_y)` mirrors points
+    (x -> -x reverses the x index of a grid symmetric about the ego origin)."""
+    if flip_x:
+        grid = grid[::-1]
+    if flip_y:
+        grid = grid[:, ::-1]
+    return np.ascontiguousarray(grid)
+
+
+def flip_flow(flow, flip_x, flip_y):
+    """Mirror a (X, Y, Z, 2) vx, vy flow grid and negate the flipped velocity components."""
+    flow = flip_grid(flow, flip_x, flip_y)
+    sign = np.array([-1.0 if flip_x else 1.0, -1.0 if flip_y else 1.0], dtype=flow.dtype)
+    return flow * sign
