@@ -7,7 +7,9 @@ occupied when any accumulated LiDAR point falls in it, else empty (no ray castin
 Accumulated scans: the key frame, the previous and next `frames` key frames and every sweep between
 them, found by walking the LIDAR_TOP sample_data prev/next chain (at a scene end, what exists).
 Each scan goes sensor -> ego(t_i) (its calibrated_sensor) -> global (its own ego_pose) -> ego(t)
-(inverse of the key frame's ego pose). Points outside the grid are dropped, never clipped onto
+(inverse of the key frame's ego pose). Ego-body points are removed from every scan, the key frame
+included, in that scan's own sensor frame: a point goes when |x| < 1 m AND |y| < 1 m (strict, z not
+looked at; SPEC 1.1, `datasets.transforms.remove_ego_body`). Points outside the grid are dropped, never clipped onto
 the border voxels, and the voxel of a point p is floor((p - lower) / 0.4) with no range/(N-1)
 voxel size (the quirks of the original, SPEC 5).
 """
@@ -17,35 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from occ.geometry import invert_transform, make_transform, transform_points
+from datasets.prepare_nuscenes import sensor_transforms
+from datasets.transforms import load_points, remove_ego_body
+from occ.geometry import invert_transform, transform_points
 
 GRID_LOWER = np.array([-40.0, -40.0, -1.0])  # metres, ego frame
 VOXEL_SIZE = 0.4  # metres
 GRID_SHAPE = (200, 200, 16)  # [x, y, z]
-EGO_BODY_HALF_EXTENT = 1.0  # metres, in the sensor frame (SPEC 1.1)
-
-
-def load_lidar_points(path):
-    """A nuScenes `.pcd.bin` -> float32 (N, 5): x, y, z, intensity, ring in the sensor frame."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LiDAR file {path} does not exist")
-    size = path.stat().st_size
-    if size % 20 != 0:
-        raise ValueError(f"LiDAR file {path} has {size} bytes, not a multiple of 20 "
-                         "(5 float32 values per point)")
-    points = np.fromfile(path, dtype=np.float32).reshape(-1, 5)
-    if not np.isfinite(points).all():
-        raise ValueError(f"LiDAR file {path} holds NaN or infinite values")
-    return points
-
-
-def remove_ego_body(points_sensor):
-    """Drop the points on the ego vehicle: a point (x, y, ...) in the scan's own sensor frame is
-    removed when |x| < 1 m AND |y| < 1 m (strict; z is not looked at). (N, F) -> (M, F)."""
-    on_body = ((np.abs(points_sensor[:, 0]) < EGO_BODY_HALF_EXTENT)
-               & (np.abs(points_sensor[:, 1]) < EGO_BODY_HALF_EXTENT))
-    return points_sensor[~on_body]
 
 
 def voxel_indices(points_ego):
@@ -62,6 +42,8 @@ def occupancy_from_scans(scans, key_ego2global):
     scans: list of (points_sensor (N, 3+), sensor2ego (4, 4), ego2global (4, 4)), each scan with
         its own calibration and its own ego pose.
     key_ego2global: (4, 4) ego pose of the key frame's LiDAR sample_data.
+    Each scan first loses its ego-body points (|x| < 1 m and |y| < 1 m in its sensor frame), then
+    goes sensor -> ego(t_i) -> global -> ego(t) as one composed 4x4.
     Returns bool (200, 200, 16) [x, y, z].
     """
     global2key_ego = invert_transform(np.asarray(key_ego2global, dtype=np.float64))
@@ -99,26 +81,16 @@ def lidar_chain(nusc, sample_token, frames=2):
     return walk("prev")[::-1] + [key] + walk("next")
 
 
-def sample_data_transforms(nusc, sample_data):
-    """(sensor2ego, ego2global) 4x4 of one sample_data record, from its own calibrated_sensor and
-    its own ego_pose."""
-    calibration = nusc.get("calibrated_sensor", sample_data["calibrated_sensor_token"])
-    ego_pose = nusc.get("ego_pose", sample_data["ego_pose_token"])
-    sensor2ego = make_transform(calibration["rotation"], calibration["translation"])
-    ego2global = make_transform(ego_pose["rotation"], ego_pose["translation"])
-    return sensor2ego, ego2global
-
-
 def occbev_target(nusc, sample_token, frames=2):
     """Occ-BEV target of one key frame: bool (200, 200, 16) in its LiDAR ego frame, from the
     key frame and +-`frames` key frames with every sweep between them."""
     chain = lidar_chain(nusc, sample_token, frames)
     scans = []
     for sample_data in chain:
-        points = load_lidar_points(Path(nusc.dataroot) / sample_data["filename"])
-        scans.append((points, *sample_data_transforms(nusc, sample_data)))
+        points = load_points(Path(nusc.dataroot) / sample_data["filename"])
+        scans.append((points, *sensor_transforms(nusc, sample_data)))
     key_sample_data = nusc.get("sample_data", nusc.get("sample", sample_token)["data"]["LIDAR_TOP"])
-    _, key_ego2global = sample_data_transforms(nusc, key_sample_data)
+    _, key_ego2global = sensor_transforms(nusc, key_sample_data)
     return occupancy_from_scans(scans, key_ego2global)
 
 

@@ -11,9 +11,9 @@ from nuscenes.nuscenes import NuScenes
 from nuscenes.utils.data_classes import LidarPointCloud
 from pyquaternion import Quaternion
 
-from datasets import occbev_targets
-from datasets.occbev_targets import (lidar_chain, load_lidar_points, load_occbev_target, occbev_target,
-                                     occupancy_from_scans, remove_ego_body, save_occbev_target)
+from datasets.occbev_targets import (lidar_chain, load_occbev_target, occbev_target, occupancy_from_scans,
+                                     save_occbev_target)
+from datasets.transforms import remove_ego_body
 from occ.geometry import make_transform, yaw_to_quaternion
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,15 +110,20 @@ def test_scans_accumulate_as_a_union():
 # ---------------------------------------------------------------- the sample_data chain
 
 class TinyTables:
-    """Just enough of a NuScenes object for `lidar_chain`: `get(table, token)`."""
+    """Just enough of a NuScenes object for `lidar_chain` and `occbev_target`: `get(table, token)`
+    and `dataroot`; one LIDAR_TOP sample_data per entry of `key_flags`, all at the same pose."""
 
-    def __init__(self, key_flags):
+    def __init__(self, key_flags, dataroot=""):
+        self.dataroot = dataroot
         tokens = [f"sd{i}" for i in range(len(key_flags))]
         self.sample_data = {
-            token: {"token": token, "is_key_frame": is_key,
+            token: {"token": token, "is_key_frame": is_key, "filename": f"{token}.pcd.bin",
+                    "calibrated_sensor_token": "lidar", "ego_pose_token": "pose",
                     "prev": tokens[i - 1] if i > 0 else "", "next": tokens[i + 1] if i + 1 < len(tokens) else ""}
             for i, (token, is_key) in enumerate(zip(tokens, key_flags))}
         self.sample = {f"sample_{t}": {"data": {"LIDAR_TOP": t}} for t, k in zip(tokens, key_flags) if k}
+        self.calibrated_sensor = {"lidar": {"rotation": [1.0, 0.0, 0.0, 0.0], "translation": [0.0, 0.0, 0.0]}}
+        self.ego_pose = {"pose": {"rotation": [1.0, 0.0, 0.0, 0.0], "translation": [0.0, 0.0, 0.0]}}
 
     def get(self, table, token):
         return getattr(self, table)[token]
@@ -142,20 +147,24 @@ def test_lidar_chain_takes_every_sweep_up_to_the_second_key_frame_on_each_side()
 
 # ---------------------------------------------------------------- files and errors
 
-def test_lidar_file_errors_name_the_file(tmp_path):
-    good = tmp_path / "good.pcd.bin"
-    np.arange(10, dtype=np.float32).tofile(good)
-    np.testing.assert_array_equal(load_lidar_points(good), np.arange(10, dtype=np.float32).reshape(2, 5))
-    truncated = tmp_path / "truncated.pcd.bin"
-    truncated.write_bytes(good.read_bytes()[:-3])
-    with pytest.raises(ValueError, match="truncated.pcd.bin.*multiple of 20"):
-        load_lidar_points(truncated)
-    nan = tmp_path / "nan.pcd.bin"
-    np.array([1, 2, np.nan, 4, 5], dtype=np.float32).tofile(nan)
-    with pytest.raises(ValueError, match="nan.pcd.bin.*NaN"):
-        load_lidar_points(nan)
-    with pytest.raises(FileNotFoundError, match="missing.pcd.bin"):
-        load_lidar_points(tmp_path / "missing.pcd.bin")
+def test_target_takes_the_sweeps_between_key_frames_and_names_a_corrupt_lidar_file(tmp_path):
+    tables = TinyTables([True, False, True, False, True, False, True], dataroot=str(tmp_path))
+    voxels = [(10 + 20 * i, 30, 4) for i in range(7)]  # one point per scan, each in its own voxel
+    for i, voxel in enumerate(voxels):
+        point = np.concatenate([voxel_centre(voxel), [1.0, 0.0]]).astype(np.float32)
+        point.tofile(tmp_path / f"sd{i}.pcd.bin")
+    # key frames 0, 2, 4, 6: with frames=1, key frame 2 spans sample_data 0..4, sweeps included
+    assert occupied_voxels(occbev_target(tables, "sample_sd2", frames=1)) == set(voxels[:5])
+
+    np.array([1.0, 2.0, np.nan, 4.0, 5.0], dtype=np.float32).tofile(tmp_path / "sd3.pcd.bin")
+    with pytest.raises(ValueError, match="sd3.pcd.bin.*NaN"):
+        occbev_target(tables, "sample_sd2", frames=1)
+    (tmp_path / "sd3.pcd.bin").write_bytes(b"\0" * 23)
+    with pytest.raises(ValueError, match="sd3.pcd.bin.*multiple of 20"):
+        occbev_target(tables, "sample_sd2", frames=1)
+    (tmp_path / "sd3.pcd.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="sd3.pcd.bin"):
+        occbev_target(tables, "sample_sd2", frames=1)
 
 
 def test_target_file_round_trip_and_errors(tmp_path):
