@@ -1,0 +1,250 @@
+"""NuScenesOccDataset on the real samples in ../shared/nuscenes-real (read in place)."""
+import logging
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import minimum_filter
+from scipy.spatial import cKDTree
+
+from datasets import prepare_nuscenes
+from datasets.nuscenes_occ import NuScenesOccDataset, collate, load_infos
+
+REAL_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "nuscenes-real")
+VERSION = "v1.0-trainval"
+SRC_H, SRC_W = 900, 1600
+pytestmark = pytest.mark.skipif(not os.path.isdir(REAL_ROOT), reason="../shared/nuscenes-real not present")
+
+
+@pytest.fixture(scope="module")
+def info_paths(tmp_path_factory):
+    return prepare_nuscenes.prepare(REAL_ROOT, VERSION, out_dir=str(tmp_path_factory.mktemp("infos")))
+
+
+@pytest.fixture(scope="module")
+def camera_info_path(info_paths, tmp_path_factory):
+    """An info file with the two real key frames that have cameras (scene-0061, scene-0003)."""
+    infos = [i for path in info_paths.values() for i in load_infos(path) if i["cams"]]
+    assert len(infos) == 2
+    path = tmp_path_factory.mktemp("camera_infos") / "occ_infos_cameras.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"version": VERSION, "split": "cameras", "infos": infos}, f)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    from nuscenes.nuscenes import NuScenes, NuScenesExplorer
+    return NuScenesExplorer(NuScenes(version=VERSION, dataroot=REAL_ROOT, verbose=False))
+
+
+def devkit_projection(explorer, info, cam):
+    """The devkit's projected key-frame points of one camera: u, v (source pixels), depth. The
+    devkit keeps depth > 1 m and 1 < u < W-1, 1 < v < H-1; we keep depth < 45 m on top."""
+    points, depth, _ = explorer.map_pointcloud_to_image(info["lidar_token"], cam["sample_data_token"])
+    keep = depth < 45.0
+    return points[0, keep], points[1, keep], depth[keep]
+
+
+def nearest_within_one_pixel(depth_map):
+    """Per pixel, the smallest depth in its 3x3 neighbourhood (inf where there is none)."""
+    return minimum_filter(np.where(depth_map > 0, depth_map, np.inf), size=3, mode="constant", cval=np.inf)
+
+
+def test_depth_maps_match_the_devkit(camera_info_path, explorer):
+    """No augmentation, input = source size: every depth pixel comes from a devkit point within
+    1 px at the same depth (1 cm), and every devkit point has a depth no farther than its own
+    within 1 px.
+    Exact pixel agreement is not expected: the devkit rounds to float32 after every transform step
+    in global coordinates (~1e-4 m), which moves points lying on a pixel border to the next pixel."""
+    dataset = NuScenesOccDataset(REAL_ROOT, camera_info_path, train=False, image_size=(SRC_H, SRC_W),
+                                 num_sweeps=0, load_images=False, load_gt=False)
+    for index, info in enumerate(dataset.infos):
+        sample = dataset[index]
+        assert sample["depth_maps"].shape == (6, SRC_H, SRC_W)
+        np.testing.assert_allclose(sample["post_rot"].numpy(), np.broadcast_to(np.eye(3), (6, 3, 3)))
+        np.testing.assert_allclose(sample["post_tran"].numpy(), 0.0)
+        for n, cam in enumerate(info["cams"].values()):
+            u, v, depth = devkit_projection(explorer, info, cam)
+            ours = sample["depth_maps"][n].numpy()
+            # the devkit's border: compare pixels whose whole 1-px neighbourhood it covers
+            inner = np.zeros_like(ours, dtype=bool)
+            inner[2:-2, 2:-2] = True
+            rows, cols = np.nonzero((ours > 0) & inner)
+            tree = cKDTree(np.stack([u, v], axis=1))
+            neighbours = tree.query_ball_point(np.stack([cols, rows], axis=1), r=1.0, p=np.inf)
+            for row, col, near in zip(rows, cols, neighbours):
+                assert near and np.abs(depth[near] - ours[row, col]).min() < 0.01, (cam["path"], row, col)
+            point_cols, point_rows = np.floor(u + 0.5).astype(int), np.floor(v + 0.5).astype(int)
+            assert (nearest_within_one_pixel(ours)[point_rows, point_cols] <= depth + 0.01).all(), cam["path"]
+            # and the nearest point per pixel matches the devkit's almost everywhere
+            reference = np.zeros_like(ours)
+            order = np.argsort(-depth)
+            reference[point_rows[order], point_cols[order]] = depth[order]
+            same = np.abs(reference - ours)[inner] < 0.01
+            assert same.mean() > 0.999 and len(rows) > 2000
+
+
+def test_augmented_depth_maps_undo_to_the_devkit_pixels(camera_info_path, explorer):
+    torch.manual_seed(0)
+    dataset = NuScenesOccDataset(REAL_ROOT, camera_info_path, train=True, num_sweeps=0,
+                                 load_images=False, load_gt=False)
+    flips = 0
+    for _ in range(3):
+        for index, info in enumerate(dataset.infos):
+            sample = dataset[index]
+            assert sample["depth_maps"].shape == (6, 256, 704)
+            for n, cam in enumerate(info["cams"].values()):
+                post_rot = sample["post_rot"][n].double().numpy()
+                post_tran = sample["post_tran"][n].double().numpy()
+                resize = np.sqrt(abs(np.linalg.det(post_rot[:2, :2])))
+                flips += np.linalg.det(post_rot[:2, :2]) < 0
+                u, v, depth = devkit_projection(explorer, info, cam)
+                ours = sample["depth_maps"][n].numpy()
+                rows, cols = np.nonzero(ours)
+                # undo the augmentation: input pixel -> source pixel
+                src = np.linalg.solve(post_rot[:2, :2], np.stack([cols, rows]) - post_tran[:2, None]).T
+                seen = (src[:, 0] > 2) & (src[:, 0] < SRC_W - 3) & (src[:, 1] > 2) & (src[:, 1] < SRC_H - 3)
+                tree = cKDTree(np.stack([u, v], axis=1))
+                # one input pixel spans 1 / resize source pixels
+                neighbours = tree.query_ball_point(src[seen], r=1.0 / resize, p=np.inf)
+                for row, col, near in zip(rows[seen], cols[seen], neighbours):
+                    assert near and np.abs(depth[near] - ours[row, col]).min() < 0.01
+                assert seen.sum() > 500
+                # every devkit point inside the input image is covered, never by a farther depth
+                aug = np.stack([u, v], axis=1) @ post_rot[:2, :2].T + post_tran[:2]
+                point_cols, point_rows = np.floor(aug[:, 0] + 0.5).astype(int), np.floor(aug[:, 1] + 0.5).astype(int)
+                inside = (point_cols >= 0) & (point_cols < 704) & (point_rows >= 0) & (point_rows < 256)
+                at_points = nearest_within_one_pixel(ours)[point_rows[inside], point_cols[inside]]
+                assert (at_points <= depth[inside] + 0.01).all()
+    assert 0 < flips < 36
+
+
+def test_sample_layout_and_test_mode_is_deterministic(camera_info_path):
+    dataset = NuScenesOccDataset(REAL_ROOT, camera_info_path, train=False, load_gt=False)
+    first, second = dataset[0], dataset[0]
+    for key in ["images", "cam2ego", "intrinsics", "post_rot", "post_tran", "bda", "points", "depth_maps"]:
+        assert torch.equal(first[key], second[key]), key
+    assert first["images"].shape == (6, 3, 256, 704) and first["images"].dtype == torch.float32
+    assert first["points"].shape[1] == 5 and (first["points"][:, 4] == 0).all()
+    np.testing.assert_allclose(first["bda"].numpy(), np.eye(4))
+    # test mode: resize 704 / 1600, bottom crop of 256 rows, no flip or rotation
+    post_rot, post_tran = first["post_rot"][0].numpy(), first["post_tran"][0].numpy()
+    np.testing.assert_allclose(post_rot[:2, :2], np.eye(2) * 0.44, rtol=1e-6)
+    np.testing.assert_allclose(post_tran[:2], [0.0, 256 - 900 * 0.44], atol=1e-4)
+    # normalised RGB: a real street image has mean close to 0 after ImageNet normalisation
+    assert abs(float(first["images"].mean())) < 1.0
+    batch = collate([dataset[0], dataset[1]])
+    assert batch["images"].shape == (2, 6, 3, 256, 704) and batch["bda"].shape == (2, 4, 4)
+    assert isinstance(batch["points"], list) and len(batch["points"]) == 2
+    assert batch["points"][0].shape != batch["points"][1].shape
+    assert batch["sample_token"] == [i["token"] for i in dataset.infos]
+
+
+def test_cam2ego_goes_to_the_key_frame_ego(camera_info_path):
+    """cam2ego of the batch maps into the LiDAR key-frame ego frame: it composes the camera's own
+    ego pose with the key frame's (they differ by the ego motion between the two timestamps)."""
+    dataset = NuScenesOccDataset(REAL_ROOT, camera_info_path, train=False, load_images=False,
+                                 load_depth=True, load_gt=False)
+    info = dataset.infos[0]
+    sample = dataset[0]
+    for n, cam in enumerate(info["cams"].values()):
+        global_from_cam = cam["ego2global"] @ cam["cam2ego"]
+        global_from_batch = info["ego2global"] @ sample["cam2ego"][n].double().numpy()
+        np.testing.assert_allclose(global_from_batch, global_from_cam, atol=1e-3)
+
+
+def test_lidar_only_records(info_paths):
+    train = NuScenesOccDataset(REAL_ROOT, info_paths["train"], train=True, num_sweeps=9,
+                               load_images=False, load_depth=False, load_gt=False)
+    last = [i for i, info in enumerate(train.infos) if info["scene_name"] == "scene-0006"][-1]
+    sample = train[last]
+    assert "images" not in sample and "cam2ego" not in sample
+    lags = torch.unique(sample["points"][:, 4])
+    assert len(lags) == 10 and lags[0] == 0  # key frame + 9 of the 10 stored sweeps
+    first = train[0]  # scene start: no sweeps stored, not an error
+    assert torch.unique(first["points"][:, 4]).tolist() == [0.0]
+    with_cameras = NuScenesOccDataset(REAL_ROOT, info_paths["train"], train=False, load_gt=False)
+    with pytest.raises(ValueError, match="has no cameras"):
+        with_cameras[0]
+
+
+def test_nearest_sweeps_in_test_mode(info_paths):
+    dataset = NuScenesOccDataset(REAL_ROOT, info_paths["train"], train=False, num_sweeps=3,
+                                 load_images=False, load_depth=False, load_gt=False)
+    index = [i for i, info in enumerate(dataset.infos) if info["scene_name"] == "scene-0006"][-1]
+    lags = torch.unique(dataset[index]["points"][:, 4]).tolist()
+    expected = [0.0] + [s["time_lag"] for s in dataset.infos[index]["sweeps"][:3]]
+    np.testing.assert_allclose(lags, sorted(expected), atol=1e-6)
+    # sweeps drop the ego body in their own frame; the key frame keeps every point
+    assert len(dataset[index]["points"]) < sum(
+        os.path.getsize(os.path.join(REAL_ROOT, p)) // 20
+        for p in [dataset.infos[index]["lidar_path"]] + [s["path"] for s in dataset.infos[index]["sweeps"][:3]])
+
+
+# ------------------------------------------------------------------------------------ bad input
+def corrupt_copy(tmp_path, camera_info_path, relative_path, content):
+    """A data root of symlinks to the real files where `relative_path` is replaced by `content`
+    (None = deleted); returns the dataset over it."""
+    for info in load_infos(camera_info_path):
+        paths = [info["lidar_path"]] + [c["path"] for c in info["cams"].values()]
+        for path in paths:
+            os.makedirs(os.path.dirname(tmp_path / path), exist_ok=True)
+            if path != relative_path:
+                os.symlink(os.path.join(os.path.abspath(REAL_ROOT), path), tmp_path / path)
+            elif content is not None:
+                (tmp_path / path).write_bytes(content)
+    return str(tmp_path)
+
+
+def real_bytes(relative_path):
+    with open(os.path.join(REAL_ROOT, relative_path), "rb") as f:
+        return f.read()
+
+
+def bad_cases(info):
+    image = info["cams"]["CAM_BACK"]["path"]
+    lidar = info["lidar_path"]
+    points = np.fromfile(os.path.join(REAL_ROOT, lidar), dtype=np.float32).reshape(-1, 5)
+    points[7, 1] = np.nan
+    return {
+        "missing image": (image, None, FileNotFoundError),
+        "truncated jpeg": (image, real_bytes(image)[:40000], ValueError),
+        "bad point size": (lidar, real_bytes(lidar)[:-8], ValueError),
+        "nan point": (lidar, points.tobytes(), ValueError),
+        "missing point cloud": (lidar, None, FileNotFoundError),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing image", "truncated jpeg", "bad point size", "nan point",
+                                  "missing point cloud"])
+def test_bad_input_names_the_file(case, camera_info_path, tmp_path):
+    info = load_infos(camera_info_path)[0]
+    path, content, error = bad_cases(info)[case]
+    root = corrupt_copy(tmp_path, camera_info_path, path, content)
+    dataset = NuScenesOccDataset(root, camera_info_path, train=False, load_gt=False)
+    with pytest.raises(error, match=os.path.basename(path).replace("+", r"\+")):
+        dataset[0]
+    assert dataset[1]["sample_token"] == dataset.infos[1]["token"]  # the other sample is fine
+
+
+def test_missing_gt_names_the_file(camera_info_path):
+    dataset = NuScenesOccDataset(REAL_ROOT, camera_info_path, train=False, load_images=False, load_depth=False)
+    expected = os.path.join("gts", "scene-0061", dataset.infos[0]["token"], "labels.npz")
+    with pytest.raises(FileNotFoundError, match=expected):
+        dataset[0]
+
+
+def test_skip_bad_samples_logs_and_counts(camera_info_path, tmp_path, caplog):
+    info = load_infos(camera_info_path)[0]
+    path, content, _ = bad_cases(info)["truncated jpeg"]
+    root = corrupt_copy(tmp_path, camera_info_path, path, content)
+    dataset = NuScenesOccDataset(root, camera_info_path, train=True, load_gt=False, skip_bad_samples=True)
+    with caplog.at_level(logging.WARNING):
+        samples = [dataset[0], dataset[0], dataset[1]]
+    assert [s["sample_token"] for s in samples] == [dataset.infos[1]["token"]] * 3
+    assert dataset.num_skipped == 2
+    skipped = [r for r in caplog.records if os.path.basename(path) in r.getMessage()]
+    assert len(skipped) == 2
