@@ -248,3 +248,46 @@ def test_skip_bad_samples_logs_and_counts(camera_info_path, tmp_path, caplog):
     assert dataset.num_skipped == 2
     skipped = [r for r in caplog.records if os.path.basename(path) in r.getMessage()]
     assert len(skipped) == 2
+
+
+def test_bev_flip_moves_points_gt_and_flow_together(info_paths, tmp_path):
+    """Train mode with BEV flips on a LiDAR-only real sample and a made-up GT whose label is a code
+    of the un-augmented voxel index and whose flow is the voxel centre (x, y): after augmentation the
+    GT voxel under every augmented point holds the code of the voxel under the un-augmented point,
+    and the flow equals the AUGMENTED voxel centre (a flipped velocity component changes sign)."""
+    info = load_infos(info_paths["train"])[5]
+    for path in [info["lidar_path"]] + [s["path"] for s in info["sweeps"]]:
+        os.makedirs(os.path.dirname(tmp_path / path), exist_ok=True)
+        os.symlink(os.path.join(os.path.abspath(REAL_ROOT), path), tmp_path / path)
+    x, y, z = np.meshgrid(np.arange(200), np.arange(200), np.arange(16), indexing="ij")
+    code = (x * 7 + y * 3 + z) % 17
+    centre = np.stack([x * 0.4 - 39.8, y * 0.4 - 39.8], axis=-1).astype(np.float32)
+    gt_dir = tmp_path / "gts" / info["scene_name"] / info["token"]
+    os.makedirs(gt_dir)
+    np.savez_compressed(gt_dir / "labels.npz", semantics=code.astype(np.uint8), flow=centre,
+                        mask_camera=(x < 100).astype(np.uint8), mask_lidar=(y < 50).astype(np.uint8))
+    info_path = tmp_path / "one.pkl"
+    with open(info_path, "wb") as f:
+        pickle.dump({"version": VERSION, "split": "one", "infos": [info]}, f)
+    dataset = NuScenesOccDataset(str(tmp_path), str(info_path), train=True, load_images=False, load_depth=False)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(12):
+        sample = dataset[0]
+        bda = sample["bda"].double().numpy()
+        seen.add((bda[0, 0], bda[1, 1]))
+        points = sample["points"][:, :3].double().numpy()
+        original = points @ bda[:3, :3]  # bda is its own inverse (flips)
+        inside = (np.abs(points[:, :2]) < 39.9).all(axis=1) & (points[:, 2] > -0.9) & (points[:, 2] < 5.3)
+        # a point exactly on a voxel face (x = 20.0) is not mirrored by floor(): leave those out
+        offset = (points - [-40, -40, -1]) / 0.4
+        inside &= (np.abs(offset - np.round(offset)) > 1e-4).all(axis=1)
+        index = np.floor((points[inside] - [-40, -40, -1]) / 0.4).astype(int)
+        original_index = np.floor((original[inside] - [-40, -40, -1]) / 0.4).astype(int)
+        semantics = sample["semantics"].numpy()
+        assert np.array_equal(semantics[tuple(index.T)], code[tuple(original_index.T)])
+        np.testing.assert_allclose(sample["flow"].numpy()[tuple(index.T)], centre[tuple(index.T)], atol=1e-5)
+        assert sample["mask_camera"].dtype == torch.bool
+        assert np.array_equal(sample["mask_camera"].numpy()[tuple(index.T)], original_index[:, 0] < 100)
+        assert len(index) > 10000
+    assert len(seen) == 4  # all four flip combinations were drawn
