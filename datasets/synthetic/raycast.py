@@ -1,0 +1,97 @@
+"""Vectorised ray casting against yaw-only boxes and the ground plane z = 0.
+
+Rays share one origin (a sensor). Each box is only tested against the rays that can hit it
+(`candidates`, chosen by the caller from the box's angular footprint), so the cost is about the
+number of (ray, box) pairs that overlap on screen rather than rays x boxes.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+GROUND = -1  # `part` value of rays that hit the ground
+MISS = -2  # `part` value of rays that hit nothing
+
+
+@dataclass
+class Hits:
+    distance: np.ndarray  # (R,) along the (unit) ray; inf for misses
+    part: np.ndarray  # (R,) part index, GROUND or MISS
+    normal: np.ndarray  # (R, 3) global unit normal at the hit (zeros for misses)
+    local: np.ndarray  # (R, 3) hit point in the part's frame (global point for ground hits)
+    unoccluded: np.ndarray  # (P,) rays each part would stop if it were alone
+
+
+def intersect_box(origin, dirs, centre, half, yaw):
+    """Entry distance of rays into one box (inf where missed), the per-axis entry distances, and
+    the origin and directions in the box frame.
+
+    origin (3,), dirs (R, 3) unit, centre (3,), half (3,), yaw scalar. Rays starting inside the box
+    report a miss (sensors are never inside objects).
+    """
+    c, s = np.cos(yaw), np.sin(yaw)
+    rel = origin - centre
+    o = np.array([c * rel[0] + s * rel[1], -s * rel[0] + c * rel[1], rel[2]], dtype=np.float32)  # box frame
+    d = np.empty(dirs.shape, dtype=np.float32)
+    d[:, 0] = c * dirs[:, 0] + s * dirs[:, 1]
+    d[:, 1] = -s * dirs[:, 0] + c * dirs[:, 1]
+    d[:, 2] = dirs[:, 2]
+    inv = 1.0 / np.where(np.abs(d) < 1e-9, np.float32(1e-9), d)
+    half = half.astype(np.float32)
+    t1 = (-half - o) * inv
+    t2 = (half - o) * inv
+    near = np.minimum(t1, t2)  # (R, 3)
+    far = np.maximum(t1, t2)
+    t_in = np.maximum(np.maximum(near[:, 0], near[:, 1]), near[:, 2])
+    t_out = np.minimum(np.minimum(far[:, 0], far[:, 1]), far[:, 2])
+    hit = (t_in <= t_out) & (t_in > 0)
+    return np.where(hit, t_in, np.inf), near, o, d
+
+
+def cast(origin, dirs, parts, candidates, max_distance=np.inf):
+    """Closest hit of each ray among the parts and the ground.
+
+    origin (3,) global, dirs (R, 3) global unit vectors, parts: world.Parts, candidates: list over
+    parts of int arrays of ray indices to test (or None to skip the part).
+    """
+    n = len(dirs)
+    best = np.full(n, np.inf)  # float64 so hit points are exact where recomputed
+    part = np.full(n, MISS, dtype=np.int64)
+    axis_of = np.zeros(n, dtype=np.int64)
+    local = np.zeros((n, 3))
+    unoccluded = np.zeros(len(candidates), dtype=np.int64)
+    for p, rays in enumerate(candidates):
+        if rays is None or len(rays) == 0:
+            continue
+        t, near, o, d = intersect_box(origin, dirs[rays], parts.centre[p], parts.half[p], parts.yaw[p])
+        unoccluded[p] = np.count_nonzero(t <= max_distance)
+        closer = t < best[rays]
+        if not closer.any():
+            continue
+        idx = rays[closer]
+        best[idx] = t[closer]
+        part[idx] = p
+        axis_of[idx] = np.argmax(near[closer], axis=1)
+        local[idx] = o + d[closer] * t[closer, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_ground = np.where(dirs[:, 2] < 0, -origin[2] / dirs[:, 2], np.inf)
+    ground = t_ground < best
+    best[ground] = t_ground[ground]
+    part[ground] = GROUND
+    local[ground] = origin + dirs[ground] * t_ground[ground, None]
+    far = best > max_distance
+    best[far], part[far] = np.inf, MISS
+
+    # Normals: the entry face of the box, pointing back towards the sensor, rotated to global.
+    normal = np.zeros((n, 3))
+    normal[part == GROUND, 2] = 1.0
+    on_box = np.flatnonzero(part >= 0)
+    if len(on_box):
+        p = part[on_box]
+        ax = axis_of[on_box]
+        sign = np.sign(local[on_box, ax])
+        n_local = np.zeros((len(on_box), 3))
+        n_local[np.arange(len(on_box)), ax] = sign
+        c, s = np.cos(parts.yaw[p]), np.sin(parts.yaw[p])
+        normal[on_box] = np.stack([c * n_local[:, 0] - s * n_local[:, 1], s * n_local[:, 0] + c * n_local[:, 1],
+                                   n_local[:, 2]], 1)
+    return Hits(best, part, normal, local, unoccluded)
