@@ -147,7 +147,7 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
         bda = bda_matrix(flip_x, flip_y)
         sample["bda"] = torch.from_numpy(bda.astype(np.float32))
         if self.load_points:
-            points[:, :3] = points[:, :3] @ bda[:3, :3].T.astype(np.float32)
+            points[:, :3] = transforms.transform_xyz(points, bda)
             sample["points"] = torch.from_numpy(points)
         if self.load_gt:
             gt = load_occ_gt(self.gt_path(info))
@@ -165,7 +165,7 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
         global2keyego = invert_transform(info["ego2global"])
         height, width = self.image_height, self.image_width
         geometry = {"cam2ego": [], "intrinsics": [], "post_rot": [], "post_tran": []}
-        images, depth_maps = [], []
+        images = []
         for cam in info["cams"].values():
             path = os.path.join(self.data_root, cam["path"])
             src_width, src_height = transforms.image_size(path)
@@ -179,14 +179,14 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
             if self.load_images:
                 image = transforms.load_image(path, post_rot, post_tran, width, height)
                 images.append(transforms.normalize_image(image))
-            if self.load_depth:
-                depth_maps.append(transforms.lidar_depth_map(points_ego, cam2ego, cam["intrinsics"],
-                                                             post_rot, post_tran, height, width))
+        if self.load_depth:
+            depth_maps = transforms.lidar_depth_maps(points_ego, geometry["cam2ego"], geometry["intrinsics"],
+                                                     geometry["post_rot"], geometry["post_tran"], height, width)
         out = {key: torch.from_numpy(np.stack(values).astype(np.float32)) for key, values in geometry.items()}
         if self.load_images:
             out["images"] = torch.from_numpy(np.stack(images))
         if self.load_depth:
-            out["depth_maps"] = torch.from_numpy(np.stack(depth_maps))
+            out["depth_maps"] = torch.from_numpy(depth_maps)
         return out
 
 

@@ -69,9 +69,20 @@ def load_multisweep_points(data_root, info, sweep_indices):
 def _to_frame(points, transform, time_lag):
     """(P, 5) sensor points -> (P, 5) x, y, z, intensity, time_lag in the frame of `transform`."""
     out = np.empty((len(points), 5), dtype=np.float32)
-    out[:, :3] = points[:, :3].astype(np.float64) @ transform[:3, :3].T + transform[:3, 3]
+    out[:, :3] = transform_xyz(points, transform)
     out[:, 3] = points[:, 3]
     out[:, 4] = time_lag
+    return out
+
+
+def transform_xyz(points, transform):
+    """float32 (P, 3) = R @ xyz + t of points (P, 3+) under a 4x4 transform. Computed column by
+    column: elementwise multiply-adds are several times faster than a (P, 3) @ (3, 3) matmul."""
+    m = np.asarray(transform, dtype=np.float32)
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    out = np.empty((len(points), 3), dtype=np.float32)
+    for row in range(3):
+        out[:, row] = x * m[row, 0] + y * m[row, 1] + z * m[row, 2] + m[row, 3]
     return out
 
 
@@ -135,7 +146,7 @@ def load_image(path, post_rot, post_tran, out_width, out_height):
     a_dec = post_rot[:2, :2] / scale
     t_dec = post_tran[:2] - a_dec @ np.full(2, 0.5 * (scale - 1.0))
     # PIL maps output pixel-area coordinates (u' + 0.5) to input pixel-area coordinates.
-    inverse = np.linalg.inv(a_dec)
+    inverse = np.array([[a_dec[1, 1], -a_dec[0, 1]], [-a_dec[1, 0], a_dec[0, 0]]]) / np.linalg.det(a_dec)
     offset = 0.5 - inverse @ (0.5 + t_dec)
     coeffs = (inverse[0, 0], inverse[0, 1], offset[0], inverse[1, 0], inverse[1, 1], offset[1])
     warped = image.transform((out_width, out_height), Image.Transform.AFFINE, coeffs,
@@ -143,39 +154,51 @@ def load_image(path, post_rot, post_tran, out_width, out_height):
     return np.asarray(warped)
 
 
+# (3, 256) float32: the normalised value of every uint8 level per channel
+NORMALIZE_TABLE = ((np.arange(256, dtype=np.float32)[None] / 255.0 - IMAGENET_MEAN[:, None])
+                   / IMAGENET_STD[:, None]).astype(np.float32)
+
+
 def normalize_image(image):
-    """uint8 (H, W, 3) RGB -> float32 (3, H, W) normalised with the ImageNet mean/std."""
-    image = (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(image.transpose(2, 0, 1))
+    """uint8 (H, W, 3) RGB -> float32 (3, H, W) normalised with the ImageNet mean/std (by table
+    look-up, ~3x faster than float arithmetic)."""
+    out = np.empty((3,) + image.shape[:2], dtype=np.float32)
+    for channel in range(3):
+        np.take(NORMALIZE_TABLE[channel], image[:, :, channel], out=out[channel])
+    return out
 
 
 # ------------------------------------------------------------------------------------- depth maps
-def lidar_depth_map(points_ego, cam2ego, intrinsics, post_rot, post_tran, height, width,
-                    min_depth=1.0, max_depth=45.0):
-    """Nearest LiDAR depth per pixel of the augmented image: float32 (height, width), 0 = no point.
+def lidar_depth_maps(points_ego, cam2ego, intrinsics, post_rot, post_tran, height, width,
+                     min_depth=1.0, max_depth=45.0):
+    """Nearest LiDAR depth per pixel of each camera's augmented image: float32 (N, height, width),
+    0 = no point.
 
-    points_ego (P, 3+) in the frame of `cam2ego`. A point lands on the pixel nearest to
-    post_rot @ K @ p_cam / depth + post_tran; depths are kept in [min_depth, max_depth).
+    points_ego (P, 3+) in the frame of `cam2ego` (N, 4, 4); intrinsics, post_rot (N, 3, 3),
+    post_tran (N, 3). A point lands on the pixel nearest to post_rot @ K @ p_cam / depth + post_tran;
+    depths are kept in [min_depth, max_depth).
     """
-    ego2cam = invert_transform(cam2ego)
-    points_cam = points_ego[:, :3].astype(np.float64) @ ego2cam[:3, :3].T + ego2cam[:3, 3]
-    depth = points_cam[:, 2]
-    keep = (depth >= min_depth) & (depth < max_depth)
-    points_cam, depth = points_cam[keep], depth[keep]
-    uv = points_cam @ np.asarray(intrinsics)[:3, :3].T
-    uv = uv[:, :2] / depth[:, None]
-    uv = uv @ post_rot[:2, :2].T + post_tran[:2]
-    cols = np.floor(uv[:, 0] + 0.5).astype(np.int64)
-    rows = np.floor(uv[:, 1] + 0.5).astype(np.int64)
-    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
-    pixel, depth = rows[inside] * width + cols[inside], depth[inside]
-    # scatter-min: sort by depth, keep the first (nearest) point of each pixel
-    order = np.argsort(depth, kind="stable")
-    pixel, depth = pixel[order], depth[order]
-    unique_pixels, first = np.unique(pixel, return_index=True)
-    depth_map = np.zeros(height * width, dtype=np.float32)
-    depth_map[unique_pixels] = depth[first]
-    return depth_map.reshape(height, width)
+    num_cams = len(cam2ego)
+    # Columns as contiguous arrays; elementwise multiply-adds as in transform_xyz.
+    x, y, z = (np.ascontiguousarray(points_ego[:, i], dtype=np.float32) for i in range(3))
+    depth_maps = np.full((num_cams, height * width), np.inf, dtype=np.float32)
+    for n in range(num_cams):
+        # ego -> (u' * depth, v' * depth, depth) as one 3x4 matrix: image aug @ K @ ego2cam
+        image_aug = np.eye(3)
+        image_aug[:2, :2] = post_rot[n][:2, :2]
+        image_aug[:2, 2] = post_tran[n][:2]
+        m = image_aug @ np.asarray(intrinsics[n])[:3, :3] @ invert_transform(cam2ego[n])[:3]
+        m = m.astype(np.float32)
+        depth = x * m[2, 0] + y * m[2, 1] + z * m[2, 2] + m[2, 3]
+        keep = np.nonzero((depth >= min_depth) & (depth < max_depth))[0]
+        xk, yk, zk, depth = x[keep], y[keep], z[keep], depth[keep]
+        cols = np.floor((xk * m[0, 0] + yk * m[0, 1] + zk * m[0, 2] + m[0, 3]) / depth + 0.5).astype(np.int64)
+        rows = np.floor((xk * m[1, 0] + yk * m[1, 1] + zk * m[1, 2] + m[1, 3]) / depth + 0.5).astype(np.int64)
+        inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+        # scatter-min of the depths onto their pixels
+        np.minimum.at(depth_maps[n], rows[inside] * width + cols[inside], depth[inside])
+    depth_maps[np.isinf(depth_maps)] = 0.0
+    return depth_maps.reshape(num_cams, height, width)
 
 
 # ------------------------------------------------------------------------------------------- BEV

@@ -68,14 +68,18 @@ def test_depth_map_keeps_the_nearest_point_per_pixel():
         [0.0, 0.1, 44.9],    # pixel (50, 20.2) -> row 20, but farther than 5
         [3.0, 0.0, 1.0],     # pixel (350, 20): outside
     ])
-    post_rot, post_tran = np.eye(3), np.zeros(3)
-    depth = transforms.lidar_depth_map(points, cam2ego, intrinsics, post_rot, post_tran, 40, 100)
-    assert depth[20, 50] == 5.0 and depth[20, 60] == 5.0
-    assert np.count_nonzero(depth) == 2
-    # with an augmentation the same points land on the augmented pixels
-    post_rot, post_tran = transforms.sample_image_aug(100, 40, 50, 20, None)
-    depth = transforms.lidar_depth_map(points, cam2ego, intrinsics, post_rot, post_tran, 20, 50)
-    assert depth[10, 25] == 5.0 and depth[10, 30] == 5.0 and np.count_nonzero(depth) == 2
+    identity = (np.eye(3), np.zeros(3))
+    # camera 2: the augmentation halves the image (test mode 100x40 -> 50x20)
+    halved = transforms.sample_image_aug(100, 40, 50, 20, None)
+    # camera 3: looks backwards (x -> -x, z -> -z): sees nothing of the points above
+    backwards = np.diag([-1.0, 1.0, -1.0, 1.0])
+    depth = transforms.lidar_depth_maps(points, [cam2ego, cam2ego, backwards], [intrinsics] * 3,
+                                        [identity[0], halved[0], identity[0]],
+                                        [identity[1], halved[1], identity[1]], 40, 100)
+    assert depth.shape == (3, 40, 100)
+    assert depth[0, 20, 50] == 5.0 and depth[0, 20, 60] == 5.0 and np.count_nonzero(depth[0]) == 2
+    assert depth[1, 10, 25] == 5.0 and depth[1, 10, 30] == 5.0 and np.count_nonzero(depth[1]) == 2
+    assert np.count_nonzero(depth[2]) == 0
 
 
 def labelled_points(seed=0, count=20000):
