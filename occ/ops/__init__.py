@@ -1,8 +1,3 @@
 """Custom ops: BEV pooling and voxelisation (C++/CUDA kernels in csrc/, references in Python)."""
-from .bev_pool import bev_pool_prepare, bev_pool_v2_reference
-from .voxelize import dynamic_voxelize_reference, voxelize_reference
-
-# Until the compiled kernels are wired in, the public ops are the references.
-bev_pool_v2 = bev_pool_v2_reference
-voxelize = voxelize_reference
-dynamic_voxelize = dynamic_voxelize_reference
+from .bev_pool import bev_pool_prepare, bev_pool_v2, bev_pool_v2_reference
+from .voxelize import dynamic_voxelize, dynamic_voxelize_reference, voxelize, voxelize_reference
