@@ -141,3 +141,17 @@ def test_missing_sensor_file_is_a_clear_error(tmp_path):
     root = mirror_root(tmp_path, skip={image})
     with pytest.raises(FileNotFoundError, match="CAM_FRONT__1532402927612460.jpg"):
         prepare_nuscenes.prepare(root, VERSION)
+
+
+def test_scene_in_no_split_is_reported(tmp_path, capsys):
+    import json
+    root = mirror_root(tmp_path, skip={os.path.join(VERSION, "scene.json")})
+    with open(os.path.join(REAL_ROOT, VERSION, "scene.json")) as f:
+        scenes = json.load(f)
+    scenes[1]["name"] = "scene-9999"  # was scene-0003, the only val scene
+    with open(os.path.join(root, VERSION, "scene.json"), "w") as f:
+        json.dump(scenes, f)
+    written = prepare_nuscenes.prepare(root, VERSION)
+    assert sorted(written) == ["train"]
+    assert "scene-9999" in capsys.readouterr().err
+    assert all(i["scene_name"] != "scene-9999" for i in load_infos(written["train"]))
