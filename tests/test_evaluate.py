@@ -1,0 +1,167 @@
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+from occ.checkpoint import CheckpointError, save_checkpoint
+from occ.config import get_config
+from occ.ema import EMA
+from occ.geometry import make_transform
+from occ.models import build_model
+
+FREE, CAR, TRUCK, DRIVEABLE, VEGETATION = 17, 4, 10, 11, 16
+SCENES = {"scene-a": ["a0", "a1", "a2"], "scene-b": ["b0", "b1", "b2"]}
+
+
+def ground_truth():
+    """Driveable floor, a 2 x 2 x 2 car ahead (8 voxels) and one behind; cameras see x >= 100."""
+    semantics = np.full((200, 200, 16), FREE, dtype=np.uint8)
+    semantics[:, :, 2] = DRIVEABLE
+    semantics[120:122, 100:102, 3:5] = CAR
+    semantics[50:52, 100:102, 3:5] = CAR  # behind the ego: not camera-visible
+    mask_camera = np.zeros_like(semantics)
+    mask_camera[100:] = 1
+    return semantics, mask_camera
+
+
+def write_dataset(root, scenes=SCENES):
+    """Info file, Occ3D GT and one LiDAR file per sample (2 scenes of 3 key frames by default)."""
+    semantics, mask_camera = ground_truth()
+    infos = []
+    rng = np.random.default_rng(0)
+    for scene, tokens in scenes.items():
+        for k, token in enumerate(tokens):
+            gt_dir = os.path.join(root, "gts", scene, token)
+            os.makedirs(gt_dir)
+            np.savez_compressed(os.path.join(gt_dir, "labels.npz"), semantics=semantics,
+                                mask_camera=mask_camera, mask_lidar=np.ones_like(mask_camera))
+            lidar_path = os.path.join("samples", "LIDAR_TOP", f"{token}.pcd.bin")
+            os.makedirs(os.path.join(root, "samples", "LIDAR_TOP"), exist_ok=True)
+            points = rng.uniform([-40, -40, -1, 0, 0], [40, 40, 5, 1, 31], size=(3000, 5)).astype(np.float32)
+            points.tofile(os.path.join(root, lidar_path))
+            infos.append({
+                "token": token, "scene_name": scene, "scene_token": scene, "timestamp": 1_000_000 * k,
+                "prev": tokens[k - 1] if k else "", "next": tokens[k + 1] if k + 1 < len(tokens) else "",
+                "lidar_path": lidar_path, "lidar_token": f"lidar-{token}",
+                "lidar2ego": make_transform([1, 0, 0, 0], [0.9, 0.0, 1.8]),
+                "ego2global": make_transform([1, 0, 0, 0], [100.0 + 4.0 * k, 50.0, 0.0]),
+                "sweeps": [], "cams": {}, "boxes": {}, "occ_path": f"gts/{scene}/{token}/labels.npz"})
+    with open(os.path.join(root, "occ_infos_val.pkl"), "wb") as f:
+        pickle.dump({"version": "test", "split": "val", "infos": infos}, f)
+    return infos
+
+
+def write_predictions(folder, tokens, change=None):
+    os.makedirs(folder, exist_ok=True)
+    semantics, _ = ground_truth()
+    for token in tokens:
+        pred = semantics.copy()
+        if change:
+            change(token, pred)
+        np.savez_compressed(os.path.join(folder, f"{token}.npz"), semantics=pred)
+
+
+ALL_TOKENS = [t for tokens in SCENES.values() for t in tokens]
+
+
+def test_perfect_predictions_score_one(tmp_path):
+    write_dataset(tmp_path)
+    write_predictions(tmp_path / "pred", ALL_TOKENS)
+    out = tmp_path / "metrics.json"
+    metrics = evaluate.main(["--pred-dir", str(tmp_path / "pred"), "--data-root", str(tmp_path), "--out", str(out)])
+    assert metrics["num_samples"] == 6
+    assert metrics["miou"] == 1.0 and metrics["geometry_iou"] == 1.0
+    assert metrics["rayiou"] == 1.0 and metrics["rayiou@1"] == 1.0
+    saved = json.loads(out.read_text())
+    assert saved["miou"] == 1.0 and saved["rayiou"] == 1.0
+    assert saved["per_class"]["car"]["iou"] == 1.0
+    assert saved["per_class"]["bus"]["iou"] is None  # absent from GT and prediction: NaN -> null
+
+
+def test_hand_computed_miou_with_camera_mask(tmp_path, capsys):
+    write_dataset(tmp_path)
+
+    def change(token, pred):
+        pred[:100, :, 5] = VEGETATION  # hidden region: not scored with the camera mask
+        if token == "b1":
+            pred[120:122, 100:102, 3:5] = TRUCK  # the visible car called a truck in one sample
+
+    write_predictions(tmp_path / "pred", ALL_TOKENS, change)
+    args = ["--pred-dir", str(tmp_path / "pred"), "--data-root", str(tmp_path), "--no-rayiou"]
+    metrics = evaluate.main(args)
+    car = 40 / 48  # visible car voxels: 8 per sample, 6 samples, 8 of them predicted truck
+    assert metrics["per_class"]["car"]["iou"] == pytest.approx(car)
+    assert metrics["per_class"]["truck"]["iou"] == 0.0  # predicted, absent from GT
+    assert metrics["per_class"]["driveable_surface"]["iou"] == 1.0
+    assert metrics["miou"] == pytest.approx((car + 0.0 + 1.0) / 3)
+    assert metrics["geometry_iou"] == 1.0
+    assert "rayiou" not in metrics
+    printed = capsys.readouterr().out
+    assert "car" in printed and f"{100 * metrics['miou']:.2f}" in printed
+
+    # without a mask the hidden vegetation counts: a whole layer of false positives
+    unmasked = evaluate.main(args + ["--mask", "none"])
+    assert unmasked["per_class"]["vegetation"]["iou"] == 0.0
+    assert unmasked["geometry_iou"] < 1.0
+
+
+def test_missing_tokens_are_named(tmp_path):
+    write_dataset(tmp_path)
+    write_predictions(tmp_path / "pred", [t for t in ALL_TOKENS if t not in ("a2", "b0")])
+    with pytest.raises(FileNotFoundError, match=r"lacks 2 of the 6 samples.*a2, b0"):
+        evaluate.main(["--pred-dir", str(tmp_path / "pred"), "--data-root", str(tmp_path)])
+
+
+def test_bad_prediction_file_is_named(tmp_path):
+    write_dataset(tmp_path)
+    write_predictions(tmp_path / "pred", ALL_TOKENS)
+    np.savez(tmp_path / "pred" / "a1.npz", semantics=np.zeros((200, 200, 8), np.uint8))
+    with pytest.raises(ValueError, match=r"a1\.npz has shape"):
+        evaluate.main(["--pred-dir", str(tmp_path / "pred"), "--data-root", str(tmp_path), "--no-rayiou"])
+
+
+def test_single_unnamed_array_is_accepted(tmp_path):
+    semantics, _ = ground_truth()
+    np.savez(tmp_path / "x.npz", semantics)  # stored as arr_0
+    assert (evaluate.load_prediction(str(tmp_path / "x.npz")) == semantics).all()
+
+
+def test_checkpoint_mode_uses_ema_and_writes_submission(tmp_path):
+    write_dataset(tmp_path, {"scene-a": ["a0"]})  # one sample: a forward pass takes seconds on a CPU
+    cfg = get_config("effocc_lidar_tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    ema = EMA(model)
+    # EMA weights that predict free everywhere; the raw weights do not
+    head_bias = ema.state["head.mlp.2.bias"].view(16, 18)
+    ema.state["head.mlp.2.weight"].zero_()
+    head_bias.zero_()
+    head_bias[:, FREE] = 100.0
+    ckpt = tmp_path / "work" / "step_00000001.pt"
+    save_checkpoint(ckpt, model=model.state_dict(), ema=ema.state_dict(), optimizer={}, scheduler={}, step=1,
+                    epoch=0, config=cfg)
+
+    common = ["--ckpt", str(ckpt), "--data-root", str(tmp_path), "--no-rayiou"]
+    metrics = evaluate.main(common + ["--save-pred", str(tmp_path / "sub")])
+    assert os.listdir(tmp_path / "sub") == ["a0.npz"]
+    pred = evaluate.load_prediction(str(tmp_path / "sub" / "a0.npz"))
+    assert (pred == FREE).all()
+    assert metrics["geometry_iou"] == 0.0
+    rescored = evaluate.main(["--pred-dir", str(tmp_path / "sub"), "--data-root", str(tmp_path), "--no-rayiou"])
+    assert rescored["miou"] == metrics["miou"] and rescored["geometry_iou"] == metrics["geometry_iou"]
+
+    evaluate.main(common + ["--no-ema", "--save-pred", str(tmp_path / "raw")])
+    raw = evaluate.load_prediction(str(tmp_path / "raw" / "a0.npz"))
+    assert (raw != FREE).any()
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    write_dataset(tmp_path)
+    truncated = tmp_path / "bad.pt"
+    truncated.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        evaluate.main(["--ckpt", str(truncated), "--data-root", str(tmp_path)])
