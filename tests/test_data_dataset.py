@@ -291,3 +291,55 @@ def test_bev_flip_moves_points_gt_and_flow_together(info_paths, tmp_path):
         assert np.array_equal(sample["mask_camera"].numpy()[tuple(index.T)], original_index[:, 0] < 100)
         assert len(index) > 10000
     assert len(seen) == 4  # all four flip combinations were drawn
+
+
+# ------------------------------------------------------------------------------- synthetic world
+@pytest.fixture(scope="module")
+def synthetic_infos(synthetic_root, tmp_path_factory):
+    return prepare_nuscenes.prepare(synthetic_root, "v1.0-mini", out_dir=str(tmp_path_factory.mktemp("synthetic_infos")))
+
+
+def test_synthetic_infos(synthetic_infos):
+    assert sorted(synthetic_infos) == ["mini_train", "mini_val"]
+    infos = load_infos(synthetic_infos["mini_train"])
+    assert [len(i["sweeps"]) for i in infos] == [0, 10, 10]  # 9 sweeps between key frames + the previous key frame
+    for info in infos:
+        assert len(info["cams"]) == 6 and info["occ_path"] == f"gts/{info['scene_name']}/{info['token']}/labels.npz"
+        lags = [s["time_lag"] for s in info["sweeps"]]
+        assert lags == sorted(lags)
+
+
+@pytest.mark.parametrize("occ_gt_dir,free", [("gts", 17), ("openocc_v2", 16)])
+def test_synthetic_points_sit_in_occupied_gt_voxels(synthetic_root, synthetic_infos, occ_gt_dir, free):
+    """The LiDAR points and the GT grid share the key-frame ego frame, under every BEV flip: the
+    key-frame points fall into voxels the GT marks occupied and LiDAR-observed."""
+    dataset = NuScenesOccDataset(synthetic_root, synthetic_infos["mini_train"], train=True, num_sweeps=0,
+                                 load_images=False, load_depth=False, occ_gt_dir=occ_gt_dir)
+    torch.manual_seed(0)
+    flips = set()
+    for step in range(8):
+        sample = dataset[step % len(dataset)]
+        flips.add(tuple(sample["bda"].diagonal()[:2].tolist()))
+        index = np.floor((sample["points"][:, :3].numpy() - [-40, -40, -1]) / 0.4).astype(int)
+        index = index[((index >= 0) & (index < [200, 200, 16])).all(axis=1)]
+        assert len(index) > 5000
+        assert (sample["semantics"].numpy()[tuple(index.T)] != free).mean() > 0.99
+        assert sample["mask_lidar"].numpy()[tuple(index.T)].mean() > 0.99
+        assert ("flow" in sample) == (occ_gt_dir == "openocc_v2")
+    assert len(flips) > 1
+
+
+def test_synthetic_batch_with_any_image_size(synthetic_root, synthetic_infos):
+    """400x225 source images (not 1600x900), a custom input size, sweeps, GT, collate."""
+    dataset = NuScenesOccDataset(synthetic_root, synthetic_infos["mini_val"], train=True, image_size=(128, 352))
+    batch = collate([dataset[1], dataset[2]])
+    assert batch["images"].shape == (2, 6, 3, 128, 352)
+    assert batch["depth_maps"].shape == (2, 6, 128, 352)
+    assert batch["semantics"].shape == (2, 200, 200, 16) and batch["semantics"].dtype == torch.int64
+    assert batch["mask_camera"].dtype == torch.bool and batch["bda"].shape == (2, 4, 4)
+    assert all(p.shape[1] == 5 and len(torch.unique(p[:, 4])) == 10 for p in batch["points"])
+    depth = batch["depth_maps"]
+    assert (depth > 0).any(dim=(2, 3)).all() and depth.max() < 45 and depth[depth > 0].min() >= 1
+    test_mode = NuScenesOccDataset(synthetic_root, synthetic_infos["mini_val"], train=False, image_size=(128, 352))
+    resize = test_mode[0]["post_rot"][:, 0, 0]
+    np.testing.assert_allclose(resize.numpy(), 352 / 400)
