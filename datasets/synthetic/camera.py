@@ -97,7 +97,7 @@ def render(world, t, cam2global, intrinsics, size, sun):
     parts = world.parts_at(t, near=origin, radius=150.0)
     global2cam = np.linalg.inv(cam2global)
     candidates = screen_candidates(parts, global2cam, k, w, h)
-    hits = raycast.cast(origin, dirs, parts, candidates)
+    hits = raycast.cast(origin, dirs, parts, candidates, count_unoccluded=world.obj_annotated[parts.instance])
     rgb = shade(world, parts, hits, dirs, sun)
 
     instance = np.where(hits.part >= 0, parts.instance[np.maximum(hits.part, 0)], hits.part).astype(np.int64)
@@ -151,7 +151,7 @@ def shade(world, parts, hits, dirs, sun):
     stripes = (texture == W.STRIPES) & (np.mod(b * (2.0 + parts.instance[p] % 3), 1.0) < 0.5)
     tyre = texture == W.TYRE
     leaves = (texture == W.LEAVES) | (texture == W.BARK)
-    factor = np.where(leaves, 0.55 + 0.9 * value_noise(a, b, seed, 4.0 + frequency), factor)
+    factor[leaves] = 0.55 + 0.9 * value_noise(a[leaves], b[leaves], seed[leaves], 4.0 + frequency[leaves])
     base[windows] = np.array([0.12, 0.15, 0.22]) + 0.1 * value_noise(a[windows], b[windows], seed[windows], 0.5)[:, None]
     base[glass] = (0.08, 0.1, 0.13)
     base[stripes] = (0.92, 0.92, 0.9)

@@ -113,6 +113,15 @@ def _rotation(transform):
     return yaw_to_quaternion(yaw).tolist()
 
 
+def points_in_box(points, centre, size, yaw):
+    """Number of (N, 3) global points inside a box (centre, size [w, l, h], yaw), like the devkit."""
+    rel = points - centre
+    c, s = math.cos(yaw), math.sin(yaw)
+    along, across = c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1]
+    w, l, h = size
+    return int(np.count_nonzero((np.abs(along) <= l / 2) & (np.abs(across) <= w / 2) & (np.abs(rel[:, 2]) <= h / 2)))
+
+
 def keyframe_task(args):
     """Files of key frame k of one scene, and its table rows (prev/next filled in later)."""
     options, scene_index, k = args
@@ -126,7 +135,7 @@ def keyframe_task(args):
     lidar2ego = sensor_to_ego("LIDAR_TOP")
     rows = {"sample_data": [], "ego_pose": [], "sample_annotation": [], "lidarseg": []}
 
-    lidar_views, accumulated, accumulated_cls = [], [], []
+    lidar_views, ray_ends, accumulated, accumulated_cls = [], [], [], []
     ego2global_key = ego_to_global(world, t_key)
     for s in scans:
         t = s * C.SWEEP_INTERVAL_US / 1e6
@@ -145,6 +154,7 @@ def keyframe_task(args):
         rows["ego_pose"].append(pose_row(sd_tok, ts, ego2global))
         lidar_views.append((np.linalg.inv(ego2global @ lidar2ego) @ ego2global_key, result.ranges,
                             result.first_azimuth))
+        ray_ends.append(result.points_global)
         # Points on moving objects travel with their object to the key frame's time.
         moved = result.points_global.copy()
         on_object = result.instance >= 0
@@ -189,7 +199,9 @@ def keyframe_task(args):
     # Ground truth in the key frame's ego frame.
     parts = world.parts_at(t_key, near=ego2global_key[:3, 3], radius=60.0)
     semantics, instance = occupancy.semantics_and_instances(world, parts, ego2global_key)
-    mask_lidar = occupancy.lidar_mask(lidar_views)
+    global2ego_key = np.linalg.inv(ego2global_key)
+    hits_ego = np.concatenate(ray_ends) @ global2ego_key[:3, :3].T + global2ego_key[:3, 3]
+    mask_lidar = occupancy.lidar_mask(lidar_views, hits_ego)
     mask_camera = occupancy.camera_mask(camera_views, mask_lidar)
     flow = occupancy.flow_grid(world, instance, ego2global_key)
     gt_dir = os.path.join(options.out, "gts", name, sample_tok)
@@ -211,7 +223,6 @@ def keyframe_task(args):
     # Annotations of the objects near the ego.
     centres, yaws, _ = world.objects_at(t_key)
     near = np.linalg.norm(centres[:, :2] - ego2global_key[:2, 3], axis=1) < ANNOTATION_RANGE
-    lidar_points = np.bincount(key_result.instance[key_result.instance >= 0], minlength=len(world.obj_cls))
     for obj in np.flatnonzero(near & world.obj_annotated):
         fraction = visible[obj, 0] / visible[obj, 1] if visible[obj, 1] > 0 else 0.0
         attribute = world.obj_attribute[obj]
@@ -223,7 +234,8 @@ def keyframe_task(args):
             "attribute_tokens": [C.ATTRIBUTE_TOKEN[attribute]] if attribute else [],
             "translation": centres[obj].tolist(), "size": [float(w), float(l), float(h)],
             "rotation": yaw_to_quaternion(yaws[obj]).tolist(), "prev": "", "next": "",
-            "num_lidar_pts": int(lidar_points[obj]), "num_radar_pts": 0})
+            "num_lidar_pts": points_in_box(key_result.points_global, centres[obj], world.obj_size[obj], yaws[obj]),
+            "num_radar_pts": 0})
     gt_info = {
         "timestamp": timestamp_us(scene_index, key_scan),
         "ego_pose": {"translation": ego2global_key[:3, 3].tolist(), "rotation": _rotation(ego2global_key)},

@@ -67,15 +67,26 @@ def column_candidates(origin, parts, first_azimuth, yaw_offset, margin=np.radian
     inside = (np.abs(c * rel[:, 0] + s * rel[:, 1]) < parts.half[:, 0] + 0.5) & \
              (np.abs(-s * rel[:, 0] + c * rel[:, 1]) < parts.half[:, 1] + 0.5)
     everything = inside | (hi - lo > np.pi)
-    beams = np.arange(32)
-    all_rays = np.arange(n_cols * 32)
+    # Conservative elevation range: the box's top and bottom seen from its nearest and farthest
+    # horizontal distance.
+    radius = np.linalg.norm(parts.half[:, :2], axis=1)
+    centre_distance = np.linalg.norm(parts.centre[:, :2] - origin[:2], axis=1)
+    nearest, farthest = np.maximum(centre_distance - radius, 0.05), centre_distance + radius
+    top = parts.centre[:, 2] + parts.half[:, 2] - origin[2]
+    bottom = parts.centre[:, 2] - parts.half[:, 2] - origin[2]
+    elevation_hi = np.arctan2(top, np.where(top > 0, nearest, farthest)) + margin
+    elevation_lo = np.arctan2(bottom, np.where(bottom > 0, farthest, nearest)) - margin
+    elevations = np.radians(C.LIDAR_ELEVATIONS_DEG)
+    first_beam = np.searchsorted(elevations, elevation_lo)
+    last_beam = np.searchsorted(elevations, elevation_hi)  # exclusive
     out = []
     for p in range(len(mid)):
-        if everything[p]:
-            out.append(all_rays)
-        else:
-            cols = np.arange(first_col[p], last_col[p] + 1) % n_cols
-            out.append((cols[:, None] * 32 + beams).ravel())
+        beams = np.arange(first_beam[p], last_beam[p])
+        if len(beams) == 0:
+            out.append(None)
+            continue
+        cols = np.arange(n_cols) if everything[p] else np.arange(first_col[p], last_col[p] + 1) % n_cols
+        out.append((cols[:, None] * 32 + beams).ravel())
     return out
 
 

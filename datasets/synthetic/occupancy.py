@@ -97,20 +97,19 @@ def voxel_centres():
     return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
 
 
-def lidar_mask(scans):
+def lidar_mask(scans, hits):
     """mask_lidar (200, 200, 16) uint8: voxels a LiDAR ray passes through or ends in.
 
-    scans: list of (ego2lidar 4x4, range image (32, A) with inf where no return, first azimuth).
-    A voxel is observed by a scan when its centre, seen from the sensor, lies within the voxel's
-    angular radius of the nearest beam and column, and no farther than that ray's return + the
-    voxel's half diagonal.
+    scans: list of (ego2lidar 4x4, range image (32, A) with inf where no return, first azimuth);
+    hits: (N, 3) ego-frame returns of all scans. A voxel is traversed by a scan when its centre,
+    seen from the sensor, lies within the voxel's angular radius of the nearest beam and no farther
+    than that ray's return; the voxels holding a return are observed too.
     """
     centres = voxel_centres()
     observed = np.zeros(len(centres), dtype=bool)
     elevations = np.radians(C.LIDAR_ELEVATIONS_DEG)
     beam_step = elevations[1] - elevations[0]
     az_step = 2 * np.pi / C.LIDAR_AZIMUTH_STEPS
-    half_diagonal = VOXEL * np.sqrt(3) / 2
     for ego2lidar, ranges, first_azimuth in scans:
         p = centres @ ego2lidar[:3, :3].T.astype(np.float32) + ego2lidar[:3, 3].astype(np.float32)
         horizontal = np.hypot(p[:, 0], p[:, 1])
@@ -119,10 +118,14 @@ def lidar_mask(scans):
         beam = np.rint((elevation - elevations[0]) / beam_step).astype(np.int64)
         in_fan = (beam >= 0) & (beam < 32)
         beam = np.clip(beam, 0, 31)
-        angular_radius = np.arctan2(half_diagonal, distance)
+        angular_radius = np.arctan2(VOXEL / 2, distance)
         near_beam = np.abs(elevation - elevations[beam]) < angular_radius
         column = np.rint((np.arctan2(p[:, 1], p[:, 0]) - first_azimuth) / az_step).astype(np.int64) % ranges.shape[1]
-        observed |= in_fan & near_beam & (distance <= ranges[beam, column] + half_diagonal)
+        ray_range = ranges[beam, column]
+        observed |= in_fan & near_beam & np.isfinite(ray_range) & (distance <= ray_range)
+    ijk = np.floor((hits - GRID_MIN) / VOXEL).astype(np.int64)
+    ijk = ijk[np.all((ijk >= 0) & (ijk < SHAPE), axis=1)]
+    observed[(ijk[:, 0] * SHAPE[1] + ijk[:, 1]) * SHAPE[2] + ijk[:, 2]] = True
     return observed.reshape(SHAPE).astype(np.uint8)
 
 

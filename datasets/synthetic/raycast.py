@@ -22,8 +22,7 @@ class Hits:
 
 
 def intersect_box(origin, dirs, centre, half, yaw):
-    """Entry distance of rays into one box (inf where missed), the per-axis entry distances, and
-    the origin and directions in the box frame.
+    """Entry distance of rays into one box (inf where missed).
 
     origin (3,), dirs (R, 3) unit, centre (3,), half (3,), yaw scalar. Rays starting inside the box
     report a miss (sensors are never inside objects).
@@ -35,63 +34,67 @@ def intersect_box(origin, dirs, centre, half, yaw):
     d[:, 0] = c * dirs[:, 0] + s * dirs[:, 1]
     d[:, 1] = -s * dirs[:, 0] + c * dirs[:, 1]
     d[:, 2] = dirs[:, 2]
-    inv = 1.0 / np.where(np.abs(d) < 1e-9, np.float32(1e-9), d)
     half = half.astype(np.float32)
-    t1 = (-half - o) * inv
-    t2 = (half - o) * inv
+    with np.errstate(divide="ignore", invalid="ignore"):  # axis-parallel rays: inf slabs, nan = miss
+        inv = 1.0 / d
+        t1 = (-half - o) * inv
+        t2 = (half - o) * inv
     near = np.minimum(t1, t2)  # (R, 3)
     far = np.maximum(t1, t2)
     t_in = np.maximum(np.maximum(near[:, 0], near[:, 1]), near[:, 2])
     t_out = np.minimum(np.minimum(far[:, 0], far[:, 1]), far[:, 2])
     hit = (t_in <= t_out) & (t_in > 0)
-    return np.where(hit, t_in, np.inf), near, o, d
+    return np.where(hit, t_in, np.inf)
 
 
-def cast(origin, dirs, parts, candidates, max_distance=np.inf):
+def cast(origin, dirs, parts, candidates, max_distance=np.inf, count_unoccluded=None):
     """Closest hit of each ray among the parts and the ground.
 
     origin (3,) global, dirs (R, 3) global unit vectors, parts: world.Parts, candidates: list over
-    parts of int arrays of ray indices to test (or None to skip the part).
+    parts of int arrays of ray indices to test (or None to skip the part). Parts are visited from
+    near to far and skip rays already stopped in front of them, except the parts flagged in
+    `count_unoccluded` (P,) bool, whose `unoccluded` count needs every candidate ray.
     """
     n = len(dirs)
-    best = np.full(n, np.inf)  # float64 so hit points are exact where recomputed
+    best = np.full(n, np.inf)
     part = np.full(n, MISS, dtype=np.int64)
-    axis_of = np.zeros(n, dtype=np.int64)
-    local = np.zeros((n, 3))
     unoccluded = np.zeros(len(candidates), dtype=np.int64)
-    for p, rays in enumerate(candidates):
+    nearest = np.maximum(np.linalg.norm(parts.centre - origin, axis=1) - np.linalg.norm(parts.half, axis=1), 0)
+    if count_unoccluded is None:
+        count_unoccluded = np.zeros(len(candidates), dtype=bool)
+    for p in np.argsort(nearest, kind="stable"):
+        rays = candidates[p]
         if rays is None or len(rays) == 0:
             continue
-        t, near, o, d = intersect_box(origin, dirs[rays], parts.centre[p], parts.half[p], parts.yaw[p])
+        if not count_unoccluded[p]:
+            rays = rays[best[rays] > nearest[p]]
+        t = intersect_box(origin, dirs[rays], parts.centre[p], parts.half[p], parts.yaw[p])
         unoccluded[p] = np.count_nonzero(t <= max_distance)
         closer = t < best[rays]
-        if not closer.any():
-            continue
-        idx = rays[closer]
-        best[idx] = t[closer]
-        part[idx] = p
-        axis_of[idx] = np.argmax(near[closer], axis=1)
-        local[idx] = o + d[closer] * t[closer, None]
+        best[rays[closer]] = t[closer]
+        part[rays[closer]] = p
     with np.errstate(divide="ignore", invalid="ignore"):
         t_ground = np.where(dirs[:, 2] < 0, -origin[2] / dirs[:, 2], np.inf)
     ground = t_ground < best
     best[ground] = t_ground[ground]
     part[ground] = GROUND
-    local[ground] = origin + dirs[ground] * t_ground[ground, None]
     far = best > max_distance
     best[far], part[far] = np.inf, MISS
 
-    # Normals: the entry face of the box, pointing back towards the sensor, rotated to global.
+    # Hit points in the part frames; normals of the entry face, pointing back to the sensor.
+    local = np.zeros((n, 3))
     normal = np.zeros((n, 3))
-    normal[part == GROUND, 2] = 1.0
+    local[ground] = origin + dirs[ground] * best[ground, None]
+    normal[ground, 2] = 1.0
     on_box = np.flatnonzero(part >= 0)
-    if len(on_box):
-        p = part[on_box]
-        ax = axis_of[on_box]
-        sign = np.sign(local[on_box, ax])
-        n_local = np.zeros((len(on_box), 3))
-        n_local[np.arange(len(on_box)), ax] = sign
-        c, s = np.cos(parts.yaw[p]), np.sin(parts.yaw[p])
-        normal[on_box] = np.stack([c * n_local[:, 0] - s * n_local[:, 1], s * n_local[:, 0] + c * n_local[:, 1],
-                                   n_local[:, 2]], 1)
+    p = part[on_box]
+    rel = origin + dirs[on_box] * best[on_box, None] - parts.centre[p]
+    c, s = np.cos(parts.yaw[p]), np.sin(parts.yaw[p])
+    box_local = np.stack([c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1], rel[:, 2]], 1)
+    local[on_box] = box_local
+    axis = np.argmax(np.abs(box_local) / parts.half[p], axis=1)
+    n_local = np.zeros((len(on_box), 3))
+    n_local[np.arange(len(on_box)), axis] = np.sign(box_local[np.arange(len(on_box)), axis])
+    normal[on_box] = np.stack([c * n_local[:, 0] - s * n_local[:, 1], s * n_local[:, 0] + c * n_local[:, 1],
+                               n_local[:, 2]], 1)
     return Hits(best, part, normal, local, unoccluded)

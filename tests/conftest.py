@@ -1,0 +1,31 @@
+"""Shared fixtures.
+
+`synthetic_root`: a small synthetic nuScenes world generated once per test session (2 scenes from
+the v1.0-mini list, scene-0061 in mini_train and scene-0103 in mini_val, 3 key frames each with
+their LiDAR sweeps, 400x225 images, Occ3D + OpenOcc flow + OpenOccupancy GT). Read-only for tests.
+"""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from datasets.synthetic.generate import Options, generate  # noqa: E402
+
+SYNTHETIC_SMALL = dict(scenes=2, samples_per_scene=3, seed=0, image_size=(400, 225), workers=1)
+
+
+@pytest.fixture(scope="session")
+def synthetic_options(tmp_path_factory):
+    """The Options the small world was generated with (root = options.out)."""
+    root = tmp_path_factory.mktemp("synthetic") / "nuscenes"
+    options = Options(str(root), **SYNTHETIC_SMALL)
+    generate(options, progress=False)
+    return options
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(synthetic_options):
+    """Path (str) of the small synthetic nuScenes world."""
+    return synthetic_options.out
