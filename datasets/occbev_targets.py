@@ -9,9 +9,9 @@ them, found by walking the LIDAR_TOP sample_data prev/next chain (at a scene end
 Each scan goes sensor -> ego(t_i) (its calibrated_sensor) -> global (its own ego_pose) -> ego(t)
 (inverse of the key frame's ego pose). Ego-body points are removed from every scan, the key frame
 included, in that scan's own sensor frame: a point goes when |x| < 1 m AND |y| < 1 m (strict, z not
-looked at; SPEC 1.1, `datasets.transforms.remove_ego_body`). Points outside the grid are dropped, never clipped onto
-the border voxels, and the voxel of a point p is floor((p - lower) / 0.4) with no range/(N-1)
-voxel size (the quirks of the original, SPEC 5).
+looked at; SPEC 1.1, `datasets.transforms.remove_ego_body`). Points outside the grid are dropped,
+never clipped onto the border voxels, and the voxel of a point p is floor((p - lower) / 0.4) with
+no range/(N-1) voxel size (the quirks of the original, SPEC 5).
 """
 import os
 import zipfile
