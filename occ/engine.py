@@ -4,10 +4,10 @@ Functions, not a trainer class. A script's loop reads:
 
     accelerator = Accelerator(gradient_accumulation_steps=k, mixed_precision=...)
     model = build_model(cfg)
-    ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_ramp)
     optimizer = build_optimizer(model, cfg.train)
     loader = make_train_loader(dataset, cfg.data.batch_size, cfg.train.seed, collate_fn, workers)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)   # NOT the scheduler
+    ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_ramp)   # after prepare: on the model's device
     scheduler = build_scheduler(optimizer, cfg.train, optimizer_steps_per_epoch(len(loader), k))
     position = TrainingPosition()
     if resume:
@@ -27,6 +27,10 @@ is a plain LambdaLR stepped here once per update: do not pass it to accelerator.
 would step it once per process). Sample order depends only on (seed, epoch), so a resumed run
 sees exactly the batches the interrupted one had left; random data augmentation is reproduced
 after a resume only if the dataset draws it from (seed, epoch, index), not from a running RNG.
+
+Several CPU processes (gloo): `torchrun --nproc_per_node 2 script.py ...` with Accelerator(cpu=True).
+(`accelerate launch --cpu --num_processes 2` starts ONE process in accelerate 1.15: its multi-CPU
+launcher needs an mpirun hostfile.)
 """
 import dataclasses
 import math

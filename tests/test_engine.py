@@ -1,7 +1,12 @@
 """The shared training engine on a toy model with Accelerator(cpu=True): optimizer groups,
-schedules, one step, gradient accumulation, and resume == uninterrupted."""
+schedules, one step, gradient accumulation, resume == uninterrupted, and two gloo processes ==
+one process with the same global batch."""
 import math
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -262,3 +267,44 @@ def test_saving_between_accumulation_micro_batches_is_refused(tmp_path):
     with pytest.raises(RuntimeError, match="between gradient-accumulation"):
         engine.save_training_state(tmp_path / "s.pt", accelerator, model, None, optimizer, scheduler,
                                    engine.TrainingPosition(), cfg)
+
+
+TWO_PROCESS_SCRIPT = '''
+import sys
+from accelerate import Accelerator
+from test_engine import run_two_process_worker
+run_two_process_worker(Accelerator(cpu=True), int(sys.argv[1]), sys.argv[2])
+'''
+
+
+def run_two_process_worker(accelerator, batch_size, out_path):
+    """Plain MLP (no BN / dropout, whose statistics are per process) over 2 epochs of 32 samples."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    cfg = TrainConfig(lr=0.05, warmup_iters=3, lr_step_epochs=(1,), epochs=2)
+    optimizer = engine.build_optimizer(model, cfg)
+    loader = engine.make_train_loader(toy_dataset(32), batch_size, seed=7)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    scheduler = engine.build_scheduler(optimizer, cfg, engine.optimizer_steps_per_epoch(len(loader)))
+    steps = 0
+    for epoch in range(2):
+        for batch in engine.epoch_batches(accelerator, loader, epoch):
+            steps += engine.train_step(accelerator, model, batch, ce_loss, optimizer, scheduler)["optimizer_stepped"]
+    if accelerator.is_main_process:
+        torch.save({"model": accelerator.unwrap_model(model).state_dict(), "steps": steps}, out_path)
+    accelerator.wait_for_everyone()
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(TWO_PROCESS_SCRIPT)
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=f"{repo}{os.pathsep}{repo / 'tests'}", OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--standalone", str(script), "4", str(tmp_path / "two.pt")],
+                   env=env, check=True, capture_output=True, timeout=180)
+    run_two_process_worker(fresh_accelerator(), 8, tmp_path / "one.pt")
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one["steps"] == two["steps"] == 8
+    for name, value in one["model"].items():
+        torch.testing.assert_close(two["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
