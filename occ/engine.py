@@ -245,7 +245,8 @@ def resume_training_state(path, accelerator, model, ema, optimizer, scheduler):
     """Restore everything `save_training_state` wrote into the given objects, set this process's
     RNG states, and return the TrainingPosition to continue from."""
     checkpoint = load_checkpoint(path)
-    missing = [k for k in ("optimizer", "scheduler", "step", "epoch", "batches_done", "rng") if k not in checkpoint]
+    missing = [k for k in ("optimizer", "scheduler", "step", "epoch", "batches_done", "num_processes", "rng")
+               if k not in checkpoint]
     if missing:
         raise ValueError(f"{path} is not a resumable training state: it lacks {missing}")
     if checkpoint["num_processes"] != accelerator.num_processes:
