@@ -2,6 +2,7 @@
 
     python evaluate.py --ckpt CKPT --data-root ROOT [--split val] [--no-ema] [--save-pred DIR] [--out metrics.json]
     python evaluate.py --pred-dir DIR --data-root ROOT [--split val] [--out metrics.json]
+    add --vis-dir DIR to draw the first --vis-samples samples (bird's-eye GT vs prediction, 3-D view)
 
 The samples are the records of ROOT/occ_infos_<split>.pkl (datasets/prepare_nuscenes.py; --info
 to read another file), the ground truth ROOT/gts/<scene_name>/<token>/labels.npz. With --ckpt the
@@ -27,6 +28,7 @@ from occ.checkpoint import CheckpointError, load_checkpoint, model_weights
 from occ.config import config_from_dict
 from occ.metrics import OCC3D_CLASS_NAMES, OCC3D_FREE, OccupancyMetric, RayIoUMetric, format_table, scene_lidar_origins
 from occ.models import build_model
+from occ.visualize import gt_vs_pred_image, save_png, voxel_render
 
 MASKS = {"camera": "mask_camera", "lidar": "mask_lidar", "none": None}
 
@@ -43,6 +45,8 @@ def parse_args(argv=None):
                         help="voxels scored by mIoU: mask_camera (Occ3D), mask_lidar, or all")
     parser.add_argument("--no-rayiou", action="store_true", help="skip RayIoU (the slow part)")
     parser.add_argument("--out", help="write the metrics as JSON here")
+    parser.add_argument("--vis-dir", help="write PNG pictures of the first --vis-samples samples here")
+    parser.add_argument("--vis-samples", type=int, default=4)
     parser.add_argument("--no-ema", action="store_true", help="--ckpt: use the raw weights, not the EMA ones")
     parser.add_argument("--save-pred", help="--ckpt: write the predictions to this folder (submission format)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -140,14 +144,23 @@ def model_predictions(model, cfg, data_root, info_path, device, batch_size, num_
 
 
 # ----------------------------------------------------------------------------------- scoring
-def score(predictions, infos, data_root, mask="camera", rayiou=True, occ_gt_dir="gts", save_pred=None):
+def draw_sample(vis_dir, token, gt, pred):
+    """<token>_bev.png (GT vs prediction, camera-hidden columns greyed) and <token>_3d.png (prediction)."""
+    save_png(gt_vs_pred_image(gt["semantics"], pred, gt["mask_camera"]), os.path.join(vis_dir, f"{token}_bev.png"))
+    save_png(voxel_render(pred), os.path.join(vis_dir, f"{token}_3d.png"))
+
+
+def score(predictions, infos, data_root, mask="camera", rayiou=True, occ_gt_dir="gts", save_pred=None,
+          vis_dir=None, vis_samples=0):
     """predictions: iterable of (info, uint8 (200, 200, 16)) covering `infos`. Returns the metrics
     dict (see `report`), NaN where a class is absent from both GT and prediction."""
     occupancy = OccupancyMetric()
     rays = RayIoUMetric() if rayiou else None
     origins = scene_lidar_origins(infos) if rayiou else None
-    for info, pred in tqdm(predictions, total=len(infos), desc="evaluate", unit="sample"):
+    for index, (info, pred) in enumerate(tqdm(predictions, total=len(infos), desc="evaluate", unit="sample")):
         gt = load_occ_gt(os.path.join(data_root, occ_gt_dir, info["scene_name"], info["token"], "labels.npz"))
+        if vis_dir and index < vis_samples:
+            draw_sample(vis_dir, info["token"], gt, pred)
         occupancy.update(pred, gt["semantics"], gt[MASKS[mask]] if MASKS[mask] else None)
         if rays is not None:
             rays.update(pred, gt["semantics"], origins[info["token"]])
@@ -213,12 +226,15 @@ def main(argv=None):
         occ_gt_dir = cfg.data.occ_gt_dir
         predictions = model_predictions(model, cfg, args.data_root, info_path, args.device, args.batch_size,
                                         args.num_workers)
-    metrics = score(predictions, infos, args.data_root, args.mask, not args.no_rayiou, occ_gt_dir, args.save_pred)
+    metrics = score(predictions, infos, args.data_root, args.mask, not args.no_rayiou, occ_gt_dir, args.save_pred,
+                    args.vis_dir, args.vis_samples)
     metrics["split"], metrics["info_file"] = args.split, info_path
     metrics["source"] = args.pred_dir or args.ckpt
     print(report(metrics))
     if args.save_pred:
         print(f"predictions written to {args.save_pred}")
+    if args.vis_dir:
+        print(f"pictures of {min(args.vis_samples, len(infos))} samples written to {args.vis_dir}")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

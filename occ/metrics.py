@@ -146,7 +146,7 @@ def lidar_ray_directions():
     """
     pitches = [-(math.pi / 2 - math.atan(k)) for k in range(1, 11)]
     while pitches[-1] < 0.21:
-        pitches.append(2 * pitches[-1] - pitches[-2])
+        pitches.append(pitches[-1] + (pitches[-1] - pitches[-2]))
     pitch = np.array(pitches)[:, None]
     azimuth = np.deg2rad(np.arange(360))[None, :]
     directions = np.stack([np.cos(pitch) * np.cos(azimuth), np.cos(pitch) * np.sin(azimuth),
@@ -270,7 +270,8 @@ class RayIoUMetric:
     threshold th = rays with both labels equal to the class and |depth_pred - depth_gt| < th.
     IoU = TP / (gt + pred - TP); RayIoU@th = nanmean over non-free classes; RayIoU = mean over th.
     With flow, AVE per dynamic class = mean L2 error between the flows of the two stopping voxels
-    over the rays that are TP at 2 m; mAVE = nanmean; OccScore = 0.9 RayIoU + 0.1 max(1 - mAVE, 0).
+    over the rays that are TP at 2 m; mAVE = nanmean; OccScore = 0.9 RayIoU + 0.1 max(1 - mAVE, 0),
+    where an undefined mAVE (no dynamic-class TP ray at all) counts as the worst, a term of 0.
     """
 
     def __init__(self, class_names=OCC3D_CLASS_NAMES, dynamic_classes=None, directions=None):

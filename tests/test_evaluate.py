@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import evaluate
 from occ.checkpoint import CheckpointError, save_checkpoint
@@ -72,7 +73,8 @@ def test_perfect_predictions_score_one(tmp_path):
     write_dataset(tmp_path)
     write_predictions(tmp_path / "pred", ALL_TOKENS)
     out = tmp_path / "metrics.json"
-    metrics = evaluate.main(["--pred-dir", str(tmp_path / "pred"), "--data-root", str(tmp_path), "--out", str(out)])
+    metrics = evaluate.main(["--pred-dir", str(tmp_path / "pred"), "--data-root", str(tmp_path), "--out", str(out),
+                             "--vis-dir", str(tmp_path / "vis"), "--vis-samples", "2"])
     assert metrics["num_samples"] == 6
     assert metrics["miou"] == 1.0 and metrics["geometry_iou"] == 1.0
     assert metrics["rayiou"] == 1.0 and metrics["rayiou@1"] == 1.0
@@ -80,6 +82,11 @@ def test_perfect_predictions_score_one(tmp_path):
     assert saved["miou"] == 1.0 and saved["rayiou"] == 1.0
     assert saved["per_class"]["car"]["iou"] == 1.0
     assert saved["per_class"]["bus"]["iou"] is None  # absent from GT and prediction: NaN -> null
+    assert sorted(os.listdir(tmp_path / "vis")) == ["a0_3d.png", "a0_bev.png", "a1_3d.png", "a1_bev.png"]
+    bev = np.asarray(Image.open(tmp_path / "vis" / "a0_bev.png"))
+    maps = bev[14:14 + 400]  # below the title bar, above the legend: two 400 x 400 maps, 8 pixels apart
+    assert (maps[:, :400] == maps[:, 408:808]).all()  # perfect prediction: identical maps
+    assert (maps[:, :400] != 255).any()
 
 
 def test_hand_computed_miou_with_camera_mask(tmp_path, capsys):
