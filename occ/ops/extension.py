@@ -5,6 +5,8 @@ references and say so once.
 """
 import warnings
 
+import torch  # noqa: F401  (loads libtorch, which occ._C links against)
+
 try:
     from occ import _C
     _IMPORT_ERROR = None
