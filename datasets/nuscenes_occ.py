@@ -9,7 +9,10 @@ One sample (the batch dict of the project without its batch axis), N cameras, in
     post_rot    float32 (N, 3, 3), post_tran float32 (N, 3): [u', v'] = post_rot[:2, :2] @ [u, v]
                                       + post_tran[:2]
     bda         float32 (4, 4)        BEV flips, applied after cam2ego
-    points      float32 (P, 5)        x, y, z, intensity, time_lag in the augmented ego frame
+    points      float32 (P, 5)        x, y, z, intensity, time_lag in the augmented ego frame: the
+                                      key frame (time_lag 0) + the sweeps, whose points with
+                                      |x|, |y| < 1 m in their own sensor frame (the ego body) are
+                                      dropped (SPEC 1.1)
     depth_maps  float32 (N, H, W)     nearest LiDAR depth per input pixel, 0 = none, in [1, 45) m
     semantics   int64 (200, 200, 16), mask_camera, mask_lidar bool (200, 200, 16),
     flow        float32 (200, 200, 16, 2) when the GT file has it; all indexed [x, y, z], flipped
@@ -50,7 +53,9 @@ def load_infos(path):
 
 def load_occ_gt(path):
     """Occ3D / OpenOcc labels.npz -> {semantics int64, mask_camera bool, mask_lidar bool[, flow
-    float32 (..., 2)]}; raises naming the file when it is missing or malformed."""
+    float32 (..., 2)]}; raises naming the file when it is missing or malformed. Semantics are
+    returned as stored: Occ3D classes (17 = free) or, for OpenOcc v2 files, the OpenOcc order
+    (16 = free, SPEC 7)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"occupancy GT not found: {path}")
     try:
@@ -93,6 +98,8 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
         if unknown:
             raise ValueError(f"unknown image_aug keys {sorted(unknown)}; "
                              f"expected {sorted(transforms.IMAGE_AUG_DEFAULTS)}")
+        if num_sweeps < 0:
+            raise ValueError(f"num_sweeps must be >= 0, got {num_sweeps}")
         self.data_root = data_root
         self.infos = load_infos(info_path)
         self.train = train

@@ -148,3 +148,12 @@ def test_remove_ego_body():
                       dtype=np.float32)
     kept = transforms.remove_ego_body(points)
     assert kept[:, :2].tolist() == [[0.5, 1.5], [-2.0, 0.25]]
+
+
+def test_normalize_image_is_imagenet_rgb():
+    image = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    out = transforms.normalize_image(image)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    expected = ((image / 255.0 - mean) / std).transpose(2, 0, 1)
+    assert out.shape == (3, 5, 7) and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, atol=1e-6)
