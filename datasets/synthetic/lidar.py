@@ -2,8 +2,9 @@
 
 32 beams from -30.67 to +10.67 deg, 1084 azimuth steps per turn (random phase per scan), 70 m range.
 Each return gets range noise (1.2 cm), an intensity from the surface's reflectivity and incidence
-angle (asphalt dark, paint and signs bright), and drops out with a probability that grows with
-range, grazing incidence and darkness. Sky (no hit) and returns beyond range are absent. The scan
+angle (asphalt dark, paint and signs bright), and drops out with probability
+0.2 + 0.6 (r / 70 m)^2 + 0.6 (1 - reflectivity)(1 - cos incidence), which keeps a scan near
+17k points (about half of the 34,688 rays), so 20 Hz sweeps of the default world fit in ~650 MB. Sky (no hit) and returns beyond range are absent. The scan
 is instantaneous at its timestamp (no rolling shutter). Points are ordered by azimuth then beam;
 `ring` is the beam index (0 = lowest).
 """
@@ -113,7 +114,7 @@ def scan(world, t, lidar2global, rng):
     reflectivity = np.where(ground & world.lane_marking(points_global[:, :2]), 0.9, reflectivity)
     cos_incidence = np.abs(np.sum(hits.normal[keep] * dirs[keep], axis=1))
     r = distance / C.LIDAR_MAX_RANGE
-    p_drop = 0.03 + 0.45 * r ** 2 + 0.3 * (1 - reflectivity) * (1 - cos_incidence) ** 2
+    p_drop = 0.2 + 0.6 * r ** 2 + 0.6 * (1 - reflectivity) * (1 - cos_incidence)
     alive = rng.uniform(size=len(keep)) > p_drop
     intensity = np.clip(255 * reflectivity * (0.3 + 0.7 * cos_incidence) * (1 - 0.4 * r)
                         + rng.normal(0, 2, len(keep)), 0, 255)

@@ -2,7 +2,7 @@
 
 Layout (in a "road frame": u along the main road, v to its left; the road frame is placed in the
 global frame by a random origin and heading):
-  - a straight main road: optional raised-free median (other_flat), 1-3 travel lanes per direction
+  - a straight main road: an optional median (other_flat), 1-3 travel lanes per direction
     (3.5 m, lane markings), optional parking lanes (driveable), sidewalks with a kerb-side
     furniture strip (poles, signs, trees, bins, parked bicycles), a terrain band, then buildings
     (manmade) set back in lots, separated by cross streets (driveable) and some plazas (other_flat);
@@ -238,7 +238,7 @@ class World:
                                       self._vehicle_parts("vehicle.trailer", (tw, tl, th)))
                             self._add("vehicle.truck", C.TRUCK, truck_u, v, yaw, size, speed, attribute,
                                       self._vehicle_parts("vehicle.truck", size))
-                        u += tl + size[1] + rng.uniform(6, 40)
+                        u += tl + size[1] + rng.uniform(5, 30)
                         continue
                     length = C.MEAN_SIZE[category][1]
                     centre = u + length / 2
@@ -249,7 +249,7 @@ class World:
                                       "cycle.with_rider", self._cycle_parts(size, rider=True))
                         else:
                             self._add_vehicle(category, centre, v, yaw, speed, attribute)
-                    u += length + rng.uniform(6, 40)
+                    u += length + rng.uniform(4, 25)
 
     def _kerbside(self, side):
         """Parked vehicles in the parking lane, furniture strip, pedestrians, terrain, buildings."""
@@ -301,8 +301,8 @@ class World:
                     size = (size[0] * 0.75, size[1] * 0.75, size[2] * 0.7)
                 self._add(category, C.PEDESTRIAN, u, side * slot_v, yaw, size, speed, attribute,
                           self._pedestrian_parts(size))
-                u += rng.uniform(4, 30)
-            slot_v += 0.9
+                u += rng.uniform(6, 45)
+            slot_v += 1.1
         # Terrain band: bushes, trees, the odd animal.
         band_lo = kerb + self.sidewalk
         u = self.u_lo
@@ -356,7 +356,7 @@ class World:
                 if rng.uniform() < 0.15:  # a plaza
                     self.plazas.append((u, u + length, v_lo, v_lo + 25))
                 else:
-                    depth, height = rng.uniform(8, 25), rng.uniform(4, 30)
+                    depth, height = rng.uniform(8, 25), rng.uniform(4, 22)
                     setback = rng.uniform(0, 4)
                     wall = self._colour(hue=rng.choice([0.08, 0.1, 0.0, 0.6]), sat=rng.uniform(0.05, 0.4),
                                         val=rng.uniform(0.4, 0.85))
@@ -386,7 +386,7 @@ class World:
             self._add_vehicle("vehicle.construction", u + 16, side * (self.half_road + self.sidewalk + 2.0), 0.0,
                               0.0, "vehicle.parked")
         # The other kerb: a parked truck with its trailer and a bus stop.
-        far = -side * (self.half_road + self.sidewalk + self.terrain / 2)
+        far = -side * (self.half_road + self.sidewalk + max(self.terrain / 2, 1.8))
         self._add_vehicle("vehicle.truck", rng.uniform(-30, -22), far, 0.0, 0.0, "vehicle.parked")
         tw, tl, th = self._jitter("vehicle.trailer")
         self._add("vehicle.trailer", C.TRAILER, rng.uniform(12, 18) + tl / 2, far, 0.0, (tw, tl, th), 0.0,
