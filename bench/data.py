@@ -1,6 +1,7 @@
 """Data-loading throughput: samples/s of NuScenesOccDataset in train mode at full resolution
 (N cameras x 256x704 from the source JPEGs, key frame + 9 sweeps, LiDAR depth maps, Occ3D GT,
-BEV flips) with 0, 1 and 2 DataLoader workers.
+BEV flips) with 0, 1 and 2 DataLoader workers, and the CPU time of one sample (a figure that
+holds on a busy shared machine, where samples/s does not).
 
     python bench/data.py [--data-root data/synthetic] [--samples 24] [--workers 0 1 2]
 
@@ -27,6 +28,15 @@ def ensure_synthetic_world(root):
                         "--scenes", "2", "--samples-per-scene", "6"], check=True)
     subprocess.run([sys.executable, os.path.join(REPO, "datasets", "prepare_nuscenes.py"), "--root", root,
                     "--version", "v1.0-mini"], check=True)
+
+
+def cpu_seconds_per_sample(dataset, num_samples):
+    """CPU time of one in-process sample: a figure that, unlike samples/s, does not depend on what
+    else runs on a shared machine."""
+    start = time.process_time()
+    for index in range(num_samples):
+        collate([dataset[index % len(dataset)]])
+    return (time.process_time() - start) / num_samples
 
 
 def samples_per_second(dataset, num_workers, num_samples):
@@ -62,6 +72,9 @@ def main():
     print(f"{len(full)} key frames with >= 9 sweeps from {info}; one sample: images {tuple(sample['images'].shape)}, "
           f"points {tuple(sample['points'].shape)}, depth maps {tuple(sample['depth_maps'].shape)}, "
           f"GT {'with' if 'flow' in sample else 'without'} flow; {os.cpu_count()} CPU cores")
+    cpu = cpu_seconds_per_sample(dataset, args.samples)
+    print(f"CPU time per sample (in process): {cpu * 1000:.0f} ms -> at most {os.cpu_count() / cpu:.1f} samples/s "
+          f"on {os.cpu_count()} idle cores")
     for num_workers in args.workers:
         rate = samples_per_second(dataset, num_workers, args.samples)
         print(f"workers={num_workers}: {rate:.2f} samples/s")
