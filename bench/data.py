@@ -5,8 +5,9 @@ holds on a busy shared machine, where samples/s does not).
 
     python bench/data.py [--data-root data/synthetic] [--samples 24] [--workers 0 1 2]
 
-Without a data root it generates a small synthetic world into data/synthetic (ignored by git) with
-datasets/make_synthetic.py and writes its info files with datasets/prepare_nuscenes.py.
+With the default data root, data/synthetic (ignored by git), a small synthetic world is generated
+there on the first run (datasets/make_synthetic.py) and its info files written
+(datasets/prepare_nuscenes.py). Another root needs its info file (--info).
 """
 import argparse
 import os
@@ -58,9 +59,12 @@ def main():
     parser.add_argument("--samples", type=int, default=24, help="timed samples per worker setting")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
+    default_root = os.path.join(REPO, "data", "synthetic")
+    if args.info is None and os.path.abspath(args.data_root) != default_root:
+        parser.error("--info is required with a --data-root other than data/synthetic")
     if args.info is None:
-        ensure_synthetic_world(args.data_root)
-    info = args.info or os.path.join(args.data_root, "occ_infos_mini_train.pkl")
+        ensure_synthetic_world(default_root)
+    info = args.info or os.path.join(default_root, "occ_infos_mini_train.pkl")
     torch.set_num_threads(1)
     dataset = NuScenesOccDataset(args.data_root, info, train=True, image_size=(256, 704), num_sweeps=9)
     # key frames with all 9 sweeps available (a scene's first frames have fewer)
