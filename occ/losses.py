@@ -9,6 +9,8 @@ Shapes used throughout (Occ3D grid indexed [x, y, z] in the ego frame):
 Every loss is computed in float32 and returns a scalar tensor connected to the logits, so a batch
 with an empty mask gives 0 with a (zero) gradient rather than NaN.
 """
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -77,9 +79,11 @@ def class_weights_from_frequencies(frequencies):
     return torch.from_numpy(1.0 / np.log(freq + 0.001)).float()
 
 
-def _bce_to_one(x):
-    """BCE(x, 1) = -log(x), with torch's clamp of log at -100 (x is a ratio in [0, 1])."""
-    return F.binary_cross_entropy(x.clamp(0.0, 1.0), torch.ones_like(x))
+def _neg_log_ratio(ratio, valid):
+    """-log(ratio) where `valid` (its denominator was positive), else 0. Like torch's BCE(x, 1),
+    log is clamped at -100, here by clamping the ratio so no gradient becomes NaN."""
+    ratio = torch.where(valid, ratio, torch.ones_like(ratio))
+    return -ratio.clamp(min=math.exp(-100), max=1.0).log()
 
 
 def sem_scal_loss(logits, labels, mask):
@@ -91,22 +95,18 @@ def sem_scal_loss(logits, labels, mask):
     positive. The result is the mean over the present classes (0 when none is present).
     """
     _check_grid(logits, labels, mask)
-    probs = logits.float().softmax(-1)[mask]    # (N, C)
-    target = labels[mask]                       # (N,)
-    total, present = logits.sum() * 0.0, 0
-    for c in range(logits.shape[-1]):
-        is_c = (target == c).float()
-        if is_c.sum() == 0:
-            continue
-        present += 1
-        p = probs[:, c]
-        hit = (p * is_c).sum()
-        if p.sum() > 0:
-            total = total + _bce_to_one(hit / p.sum())
-        total = total + _bce_to_one(hit / is_c.sum())
-        if (1 - is_c).sum() > 0:
-            total = total + _bce_to_one(((1 - p) * (1 - is_c)).sum() / (1 - is_c).sum())
-    return total / max(present, 1)
+    num_classes = logits.shape[-1]
+    probs = logits.float().softmax(-1)[mask]                        # (N, C)
+    target = F.one_hot(labels[mask], num_classes).float()           # (N, C)
+    hit = (probs * target).sum(0)                                   # (C,) sum(p t)
+    prob_sum, target_sum = probs.sum(0), target.sum(0)
+    negative_sum = target.shape[0] - target_sum                     # sum(1 - t)
+    true_negative = negative_sum - prob_sum + hit                   # sum((1-p)(1-t))
+    present = target_sum > 0
+    per_class = (_neg_log_ratio(hit / prob_sum.clamp(min=1e-12), prob_sum > 0)
+                 + _neg_log_ratio(hit / target_sum.clamp(min=1), present)
+                 + _neg_log_ratio(true_negative / negative_sum.clamp(min=1), negative_sum > 0))
+    return (per_class * present).sum() / present.sum().clamp(min=1)
 
 
 def geo_scal_loss(logits, labels, mask, free_class=FREE_CLASS):
@@ -122,21 +122,18 @@ def geo_scal_loss(logits, labels, mask, free_class=FREE_CLASS):
     occupied = (labels[mask] != free_class).float()
     occupied_prob = 1 - free_prob
     hit = (occupied_prob * occupied).sum()
-    total = logits.sum() * 0.0
-    if occupied_prob.sum() > 0:
-        total = total + _bce_to_one(hit / occupied_prob.sum())
-    if occupied.sum() > 0:
-        total = total + _bce_to_one(hit / occupied.sum())
-    if (1 - occupied).sum() > 0:
-        total = total + _bce_to_one((free_prob * (1 - occupied)).sum() / (1 - occupied).sum())
-    return total
+    prob_sum, occupied_sum, free_sum = occupied_prob.sum(), occupied.sum(), (1 - occupied).sum()
+    true_free = (free_prob * (1 - occupied)).sum()
+    return (_neg_log_ratio(hit / prob_sum.clamp(min=1e-12), prob_sum > 0)
+            + _neg_log_ratio(hit / occupied_sum.clamp(min=1), occupied_sum > 0)
+            + _neg_log_ratio(true_free / free_sum.clamp(min=1), free_sum > 0))
 
 
 def _lovasz_jaccard_gradient(is_class_sorted):
     """Gradient of the Lovasz extension of the Jaccard loss for errors sorted in decreasing order
-    (Berman et al. 2018, Alg. 1): g_1 = J_1, g_i = J_i - J_{i-1}, with J_i the Jaccard loss when
-    the i largest-error voxels are predicted wrongly."""
-    num_positive = is_class_sorted.sum()
+    along dim 0 (Berman et al. 2018, Alg. 1): g_1 = J_1, g_i = J_i - J_{i-1}, with J_i the Jaccard
+    loss when the i largest-error voxels are predicted wrongly. is_class_sorted (N, C)."""
+    num_positive = is_class_sorted.sum(0)
     intersection = num_positive - is_class_sorted.cumsum(0)
     union = num_positive + (1 - is_class_sorted).cumsum(0)
     jaccard = 1 - intersection / union
@@ -151,19 +148,15 @@ def lovasz_softmax_loss(logits, labels, mask):
     the mean over present classes (0 when none is present).
     """
     _check_grid(logits, labels, mask)
-    probs = logits.float().softmax(-1)[mask]    # (N, C)
-    target = labels[mask]
-    per_class = []
-    for c in range(logits.shape[-1]):
-        is_c = (target == c).float()
-        if is_c.sum() == 0:
-            continue
-        errors = (is_c - probs[:, c]).abs()
-        errors_sorted, order = errors.sort(descending=True)
-        per_class.append(errors_sorted @ _lovasz_jaccard_gradient(is_c[order]))
-    if not per_class:
+    num_classes = logits.shape[-1]
+    probs = logits.float().softmax(-1)[mask]                        # (N, C)
+    target = F.one_hot(labels[mask], num_classes).float()           # (N, C)
+    if target.shape[0] == 0:
         return logits.sum() * 0.0
-    return torch.stack(per_class).mean()
+    errors_sorted, order = (target - probs).abs().sort(dim=0, descending=True)
+    per_class = (errors_sorted * _lovasz_jaccard_gradient(target.gather(0, order))).sum(0)   # (C,)
+    present = target.sum(0) > 0
+    return (per_class * present).sum() / present.sum().clamp(min=1)
 
 
 def four_losses(logits, labels, mask, class_weights):

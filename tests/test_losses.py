@@ -177,3 +177,23 @@ def test_four_losses_decrease_under_gradient_descent():
     end = {k: v.item() for k, v in losses.four_losses(logits, labels, mask, weights).items()}
     for name in start:
         assert end[name] < start[name], name
+
+
+@pytest.mark.parametrize("case", ["all_free", "one_class_everywhere", "saturated_logits"])
+def test_degenerate_grids_give_finite_losses_and_gradients(case):
+    torch.manual_seed(0)
+    labels = torch.randint(0, 18, (1, 3, 3, 2))
+    logits = torch.randn(1, 3, 3, 2, 18)
+    if case == "all_free":
+        labels[:] = 17
+    elif case == "one_class_everywhere":
+        labels[:] = 4
+    else:   # softmax underflows to exact 0 / 1 for most classes
+        logits = logits * 1000
+    logits.requires_grad_(True)
+    mask = torch.ones_like(labels, dtype=torch.bool)
+    weights = losses.class_weights_from_frequencies(torch.full((18,), 100.0))
+    out = losses.four_losses(logits, labels, mask, weights)
+    sum(out.values()).backward()
+    assert all(torch.isfinite(v) for v in out.values()), out
+    assert torch.isfinite(logits.grad).all()
