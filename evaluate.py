@@ -5,7 +5,7 @@
     add --vis-dir DIR to draw the first --vis-samples samples (bird's-eye GT vs prediction, 3-D view)
 
 The samples are the records of ROOT/occ_infos_<split>.pkl (datasets/prepare_nuscenes.py; --info
-to read another file), the ground truth ROOT/gts/<scene_name>/<token>/labels.npz. With --ckpt the
+to read another file; the default split is val, or mini_val when only that one exists), the ground truth ROOT/gts/<scene_name>/<token>/labels.npz. With --ckpt the
 model is rebuilt from the config stored in the checkpoint, loaded with its EMA weights (--no-ema:
 the raw ones) and run on the split in test mode (no augmentation, nearest sweeps); --save-pred
 writes its predictions in the Occ3D submission format, one <sample_token>.npz per sample holding
@@ -23,9 +23,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datasets.nuscenes_occ import GRID_SHAPE, NuScenesOccDataset, collate, load_infos, load_occ_gt
+from datasets.build import default_split, info_path
+from datasets.nuscenes_occ import GRID_SHAPE, NuScenesOccDataset, load_infos, load_occ_gt
 from occ.checkpoint import CheckpointError, load_checkpoint, model_weights
 from occ.config import config_from_dict
+from occ.evaluation import predict
 from occ.metrics import OCC3D_CLASS_NAMES, OCC3D_FREE, OccupancyMetric, RayIoUMetric, format_table, scene_lidar_origins
 from occ.models import build_model
 from occ.visualize import gt_vs_pred_image, save_png, voxel_render
@@ -39,7 +41,7 @@ def parse_args(argv=None):
     source.add_argument("--ckpt", help="checkpoint written by a training script")
     source.add_argument("--pred-dir", help="folder of Occ3D-format <sample_token>.npz predictions")
     parser.add_argument("--data-root", required=True, help="dataset root holding the info files and gts/")
-    parser.add_argument("--split", default="val")
+    parser.add_argument("--split", help="info file split (default: val, or mini_val when only it exists)")
     parser.add_argument("--info", help="info file (default: DATA_ROOT/occ_infos_<split>.pkl)")
     parser.add_argument("--mask", choices=sorted(MASKS), default="camera",
                         help="voxels scored by mIoU: mask_camera (Occ3D), mask_lidar, or all")
@@ -125,22 +127,13 @@ def build_model_from_checkpoint(path, use_ema, device):
     return model.to(device).eval(), cfg
 
 
-def model_predictions(model, cfg, data_root, info_path, device, batch_size, num_workers):
-    """Yields (info, prediction) in info order, running the model on the split in test mode."""
-    dataset = NuScenesOccDataset(data_root, info_path, train=False, image_size=cfg.data.image_size,
-                                 num_sweeps=cfg.data.num_sweeps, load_points=cfg.data.load_points,
-                                 load_depth=cfg.data.load_depth, load_images=cfg.model.modality != "lidar",
-                                 load_gt=False, occ_gt_dir=cfg.data.occ_gt_dir)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         collate_fn=collate)
-    infos = iter(dataset.infos)  # the loader keeps the info order
-    with torch.no_grad():
-        for batch in loader:
-            batch = {key: [v.to(device) for v in value] if key == "points" else
-                     value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
-            labels = model(batch)["occ_logits"].argmax(-1).to(torch.uint8).cpu().numpy()  # (B, 200, 200, 16)
-            for pred in labels:
-                yield next(infos), pred
+def eval_dataset(cfg, data_root, path):
+    """The samples of info file `path` in test mode (no augmentation, nearest sweeps), with the
+    inputs the model of `cfg` reads and no GT."""
+    return NuScenesOccDataset(data_root, path, train=False, image_size=cfg.data.image_size,
+                              num_sweeps=cfg.data.num_sweeps, load_points=cfg.data.load_points,
+                              load_depth=cfg.data.load_depth, load_images=cfg.model.modality != "lidar",
+                              load_gt=False, occ_gt_dir=cfg.data.occ_gt_dir)
 
 
 # ----------------------------------------------------------------------------------- scoring
@@ -209,26 +202,27 @@ def json_safe(value):
 
 def main(argv=None):
     args = parse_args(argv)
-    info_path = args.info or os.path.join(args.data_root, f"occ_infos_{args.split}.pkl")
-    infos = load_infos(info_path)
+    split = args.split or default_split(args.data_root, "val")
+    path = args.info or info_path(args.data_root, split)
+    infos = load_infos(path)
     if not infos:
-        raise ValueError(f"info file {info_path} holds no samples")
+        raise ValueError(f"info file {path} holds no samples")
     occ_gt_dir = "gts"
     if args.pred_dir:
         extra = check_prediction_folder(args.pred_dir, infos)
         if extra:
-            print(f"note: {extra} prediction files in {args.pred_dir} are not samples of {info_path}; not scored")
+            print(f"note: {extra} prediction files in {args.pred_dir} are not samples of {path}; not scored")
         predictions = folder_predictions(args.pred_dir, infos)
     else:
         torch.manual_seed(0)
         model, cfg = build_model_from_checkpoint(args.ckpt, not args.no_ema, args.device)
         print(f"model {cfg.name} from {args.ckpt} ({'raw' if args.no_ema else 'EMA'} weights) on {args.device}")
         occ_gt_dir = cfg.data.occ_gt_dir
-        predictions = model_predictions(model, cfg, args.data_root, info_path, args.device, args.batch_size,
-                                        args.num_workers)
+        predictions = predict(model, eval_dataset(cfg, args.data_root, path), args.device, args.batch_size,
+                              args.num_workers)
     metrics = score(predictions, infos, args.data_root, args.mask, not args.no_rayiou, occ_gt_dir, args.save_pred,
                     args.vis_dir, args.vis_samples)
-    metrics["split"], metrics["info_file"] = args.split, info_path
+    metrics["split"], metrics["info_file"] = split, path
     metrics["source"] = args.pred_dir or args.ckpt
     print(report(metrics))
     if args.save_pred:
