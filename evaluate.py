@@ -5,12 +5,13 @@
     add --vis-dir DIR to draw the first --vis-samples samples (bird's-eye GT vs prediction, 3-D view)
 
 The samples are the records of ROOT/occ_infos_<split>.pkl (datasets/prepare_nuscenes.py; --info
-to read another file; the default split is val, or mini_val when only that one exists), the ground truth ROOT/gts/<scene_name>/<token>/labels.npz. With --ckpt the
-model is rebuilt from the config stored in the checkpoint, loaded with its EMA weights (--no-ema:
-the raw ones) and run on the split in test mode (no augmentation, nearest sweeps); --save-pred
-writes its predictions in the Occ3D submission format, one <sample_token>.npz per sample holding
-`semantics`, a uint8 (200, 200, 16) array. With --pred-dir such a folder is scored (the key
-`semantics`, or the single array of the file); every sample of the split must be there.
+to read another file; the default split is val, or mini_val when only that one exists), the
+ground truth ROOT/gts/<scene_name>/<token>/labels.npz. With --ckpt the model is rebuilt from the
+config stored in the checkpoint, loaded with its EMA weights (--no-ema: the raw ones) and run on
+the split in test mode (no augmentation, nearest sweeps); --save-pred writes its predictions in
+the Occ3D submission format, one <sample_token>.npz per sample holding `semantics`, a uint8
+(200, 200, 16) array. With --pred-dir such a folder is scored (the key `semantics`, or the single
+array of the file); every sample of the split must be there.
 Metrics are defined in occ/metrics.py (SPEC section 8); the run is deterministic.
 """
 import argparse

@@ -162,8 +162,9 @@ def cast_rays(occupied, origins, directions, max_steps=1000):
     Returns depth (G, R) float32 metres and voxel (G, R, 3) int64 indices.
 
     The definition (SparseOcc's CPU/CUDA `render_forward` in test mode, reproduced exactly): the
-    walk starts in the voxel holding the origin and visits every voxel the ray crosses, choosing the axis with the smallest crossing
-    distance (ties as the reference: tx == ty -> y, tx == tz -> z, ty == tz -> z). For the first
+    walk starts in the voxel holding the origin and visits every voxel the ray crosses, choosing
+    the axis with the smallest crossing distance (ties as the reference: tx == ty -> y,
+    tx == tz -> z, ty == tz -> z). For the first
     visited in-grid occupied voxel, depth = the distance at which the ray EXITS that voxel. A ray
     that leaves the grid without a hit gets the exit distance and index of the last in-grid voxel
     it crossed. Positions are rounded to float32 before the walk and the depth is float32, as in
