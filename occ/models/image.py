@@ -1,0 +1,167 @@
+"""Image backbones (torchvision ResNet / Swin trunks) and necks (CustomFPN, FPN_LSS)."""
+import os
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+# stage s (1..4) of every backbone has stride 2 ** (s + 1)
+RESNET_STAGE_CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet50": (256, 512, 1024, 2048)}
+SWIN_STAGE_CHANNELS = {"swin_t": (96, 192, 384, 768), "swin_b": (128, 256, 512, 1024)}
+
+
+def stage_stride(stage):
+    return 2 ** (stage + 1)
+
+
+class ResNetTrunk(nn.Module):
+    """torchvision ResNet without avgpool / fc; returns the outputs of `stages` (1..4).
+
+    Attribute names follow torchvision so that its state dicts load directly.
+    """
+
+    def __init__(self, name, stages):
+        super().__init__()
+        net = getattr(torchvision.models, name)(weights=None)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.stages = tuple(stages)
+        self.out_channels = [RESNET_STAGE_CHANNELS[name][s - 1] for s in self.stages]
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        outs = []
+        for stage, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
+            x = layer(x)
+            if stage in self.stages:
+                outs.append(x)
+            if stage == self.stages[-1]:
+                break
+        return outs
+
+
+class SwinTrunk(nn.Module):
+    """torchvision Swin transformer `features` (no final norm / head); returns NCHW maps of `stages`."""
+
+    def __init__(self, name, stages):
+        super().__init__()
+        self.features = getattr(torchvision.models, name)(weights=None).features
+        self.stages = tuple(stages)
+        self.out_channels = [SWIN_STAGE_CHANNELS[name][s - 1] for s in self.stages]
+
+    def forward(self, x):
+        outs = []
+        for i, block in enumerate(self.features[:2 * self.stages[-1]]):
+            x = block(x)  # (B, H, W, C)
+            if i % 2 == 1 and (i + 1) // 2 in self.stages:
+                outs.append(x.permute(0, 3, 1, 2).contiguous())
+        return outs
+
+
+def build_image_backbone(name, stages):
+    if name in RESNET_STAGE_CHANNELS:
+        return ResNetTrunk(name, stages)
+    if name in SWIN_STAGE_CHANNELS:
+        return SwinTrunk(name, stages)
+    raise ValueError(f"model.backbone = {name!r} is not one of "
+                     f"{tuple(RESNET_STAGE_CHANNELS) + tuple(SWIN_STAGE_CHANNELS)}")
+
+
+def load_pretrained(module, path):
+    """Load a local torchvision state dict (e.g. ImageNet weights) into a trunk; nothing is downloaded.
+
+    Keys the trunk does not have (fc, head, final norm) are ignored. Raises if the file is missing,
+    shapes disagree, or no tensor matches. Returns (loaded_keys, missing_keys).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model.pretrained_path: no such file {path!r}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = module.state_dict()
+    loaded = {}
+    for key, value in state.items():
+        if key in own:
+            if own[key].shape != value.shape:
+                raise ValueError(f"{path}: tensor {key!r} has shape {tuple(value.shape)}, "
+                                 f"the model expects {tuple(own[key].shape)}")
+            loaded[key] = value
+    if not loaded:
+        raise ValueError(f"{path}: no tensor matches the {type(module).__name__} (wrong backbone file?)")
+    missing = sorted(set(own) - set(loaded))
+    module.load_state_dict(loaded, strict=False)
+    print(f"pretrained: loaded {len(loaded)} tensors from {path}; missing {len(missing)}"
+          + (f": {missing[:8]}" if missing else ""))
+    return sorted(loaded), missing
+
+
+class CustomFPN(nn.Module):
+    """1x1 laterals (bias, no norm) to `out_channels`, top-down nearest upsample-add, and one 3x3
+    output conv on the finest level only."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.laterals = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        self.out_conv = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.out_channels = out_channels
+
+    def forward(self, feats):
+        x = self.laterals[-1](feats[-1])
+        for lateral, feat in zip(self.laterals[-2::-1], feats[-2::-1]):
+            x = lateral(feat) + F.interpolate(x, size=feat.shape[-2:], mode="nearest")
+        return self.out_conv(x)
+
+
+def conv_bn_relu(in_channels, out_channels, kernel_size=3, stride=1):
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+class FPNLSS(nn.Module):
+    """Two-level neck of LSS / BEVDet: upsample the coarse map by `scale_factor`, concat with the fine
+    map, 2 x (Conv3x3+BN+ReLU) -> mid_channels; with `extra_upsample` > 1 also upsample again,
+    Conv3x3+BN+ReLU -> out_channels and a final Conv1x1 (bias). Without it mid must equal out."""
+
+    def __init__(self, in_channels, mid_channels, out_channels, scale_factor, extra_upsample):
+        super().__init__()
+        if extra_upsample == 1 and mid_channels != out_channels:
+            raise ValueError(f"FPNLSS without extra upsampling needs mid_channels == out_channels, "
+                             f"got {mid_channels} and {out_channels}")
+        self.scale_factor, self.extra_upsample = scale_factor, extra_upsample
+        self.fuse = nn.Sequential(conv_bn_relu(in_channels, mid_channels), conv_bn_relu(mid_channels, mid_channels))
+        self.up = None
+        if extra_upsample > 1:
+            self.up = nn.Sequential(conv_bn_relu(mid_channels, out_channels), nn.Conv2d(out_channels, out_channels, 1))
+        self.out_channels = out_channels
+
+    def forward(self, fine, coarse):
+        coarse = F.interpolate(coarse, scale_factor=self.scale_factor, mode="bilinear", align_corners=True)
+        x = self.fuse(torch.cat([fine, coarse], dim=1))
+        if self.up is not None:
+            x = F.interpolate(x, scale_factor=self.extra_upsample, mode="bilinear", align_corners=True)
+            x = self.up(x)
+        return x
+
+
+def build_image_neck(kind, in_channels, out_channels):
+    """CustomFPN over all levels, or FPN_LSS over the last two (stride ratio 2)."""
+    if kind == "custom_fpn":
+        return CustomFPN(in_channels, out_channels)
+    if kind == "fpn_lss":
+        return ImageFPNLSS(in_channels, out_channels)
+    raise ValueError(f"model.img_neck = {kind!r} is not one of ('custom_fpn', 'fpn_lss')")
+
+
+class ImageFPNLSS(nn.Module):
+    """FPN_LSS as an image neck: the last two backbone levels -> one map at the finer stride."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        if len(in_channels) != 2:
+            raise ValueError(f"the fpn_lss image neck takes two backbone stages, got {len(in_channels)}")
+        self.neck = FPNLSS(sum(in_channels), out_channels, out_channels, scale_factor=2, extra_upsample=1)
+        self.out_channels = out_channels
+
+    def forward(self, feats):
+        return self.neck(feats[0], feats[1])

@@ -1,0 +1,109 @@
+"""The assembled occupancy network: camera branch and / or LiDAR branch -> (fuser) -> BEV encoder -> head."""
+import torch
+from torch import nn
+
+
+class OccNet(nn.Module):
+    """EFFOcc fusion, FlashOcc camera-only, LiDAR-only and the Occ-BEV pre-training model.
+
+    forward(batch) -> dict with
+      occ_logits (B, X, Y, Z, classes) for the occupancy head, or geo_logits (B, X, Y, Z, 2) for the
+      geometry decoder; bev_feat (B, C, Y, X), the BEV encoder output the head reads (distillation);
+      cam_bev (B, C_cam, Y, X) and depth (B, N, D, H_f, W_f) with a camera branch;
+      lidar_bev (B, C_lidar, Y, X) with a LiDAR branch.
+    The camera-only model reads images and geometry only; the LiDAR-only model reads points only.
+    """
+
+    def __init__(self, bev_encoder, head, head_output, img_backbone=None, img_neck=None, view_transformer=None,
+                 lidar_branch=None, fuser=None):
+        super().__init__()
+        self.img_backbone, self.img_neck, self.view_transformer = img_backbone, img_neck, view_transformer
+        self.lidar_branch, self.fuser = lidar_branch, fuser
+        self.bev_encoder, self.head = bev_encoder, head
+        self.head_output = head_output  # "occ_logits" or "geo_logits"
+
+    @property
+    def has_camera(self):
+        return self.img_backbone is not None
+
+    @property
+    def has_lidar(self):
+        return self.lidar_branch is not None
+
+    def forward(self, batch):
+        out = {}
+        if self.has_camera:
+            images = batch["images"]  # (B, N, 3, H, W)
+            if images.dim() != 5:
+                raise ValueError(f"batch['images'] must be (B, N, 3, H, W), got {tuple(images.shape)}")
+            img_feat = self.img_neck(self.img_backbone(images.flatten(0, 1)))  # (B*N, C, H_f, W_f)
+            out["cam_bev"], out["depth"] = self.view_transformer(img_feat, batch)
+        if self.has_lidar:
+            out["lidar_bev"] = self.lidar_branch(batch["points"])
+        if self.has_camera and self.has_lidar:
+            bev = self.fuser(out["cam_bev"], out["lidar_bev"])
+        else:
+            bev = out["cam_bev"] if self.has_camera else out["lidar_bev"]
+        out["bev_feat"] = self.bev_encoder(bev)
+        out[self.head_output] = self.head(out["bev_feat"])
+        return out
+
+
+def example_batch(cfg, batch_size=1, num_points=30000, seed=0, device="cpu"):
+    """A random batch that follows the data-pipeline contract, for shape checks and benchmarks.
+
+    Six cameras 1.5 m above the ego origin look outward at yaw 0, +-55, +-110 and 180 degrees, with a
+    1600 x 900 source image (focal 1266 px) resized and bottom-cropped to `data.image_size`; the BEV
+    augmentation is the identity. Points lie on surfaces like a LiDAR scan's (`example_points`);
+    ~5 % of the depth-map pixels hold a depth in [1, 45).
+    """
+    g = torch.Generator().manual_seed(seed)
+    H, W = cfg.data.image_size
+    B, N = batch_size, 6
+    scale = W / 1600.0
+    intrinsics = torch.tensor([[1266.0, 0.0, 800.0], [0.0, 1266.0, 450.0], [0.0, 0.0, 1.0]])
+    post_rot = torch.diag(torch.tensor([scale, scale, 1.0]))
+    post_tran = torch.tensor([0.0, H - 900.0 * scale, 0.0])  # bottom crop
+    cam2ego = []
+    for yaw in torch.deg2rad(torch.tensor([0.0, -55.0, 55.0, 180.0, -110.0, 110.0])):
+        forward = torch.stack([yaw.cos(), yaw.sin(), torch.tensor(0.0)])
+        right = torch.stack([yaw.sin(), -yaw.cos(), torch.tensor(0.0)])
+        down = torch.tensor([0.0, 0.0, -1.0])
+        T = torch.eye(4)
+        T[:3, :3] = torch.stack([right, down, forward], dim=1)  # columns: camera x, y, z axes in ego
+        T[:3, 3] = torch.tensor([0.0, 0.0, 1.5])
+        cam2ego.append(T)
+    points = [example_points(num_points, g) for _ in range(B)]
+    has_depth = torch.rand(B, N, H, W, generator=g) < 0.05
+    depth_maps = torch.where(has_depth, 1.0 + 44.0 * torch.rand(B, N, H, W, generator=g), torch.zeros(()))
+    batch = {
+        "images": torch.randn(B, N, 3, H, W, generator=g),
+        "cam2ego": torch.stack(cam2ego).expand(B, N, 4, 4).contiguous(),
+        "intrinsics": intrinsics.expand(B, N, 3, 3).contiguous(),
+        "post_rot": post_rot.expand(B, N, 3, 3).contiguous(),
+        "post_tran": post_tran.expand(B, N, 3).contiguous(),
+        "bda": torch.eye(4).expand(B, 4, 4).contiguous(),
+        "points": points,
+        "depth_maps": depth_maps,
+    }
+    return {k: [p.to(device) for p in v] if k == "points" else v.to(device) for k, v in batch.items()}
+
+
+def example_points(num_points, generator):
+    """(P, 5) points shaped like a LiDAR scan: 70 % on the ground (z = -1.6 m, denser near the ego),
+    30 % on the walls of 12 vertical cylinders (radius 0.5-3 m, 4 m tall) within 40 m."""
+    g = generator
+    num_ground = int(0.7 * num_points)
+    radius = 2.0 + 38.0 * torch.rand(num_ground, generator=g) ** 2
+    angle = 2 * torch.pi * torch.rand(num_ground, generator=g)
+    ground = torch.stack([radius * angle.cos(), radius * angle.sin(),
+                          -1.6 + 0.05 * torch.randn(num_ground, generator=g)], dim=1)
+    num_wall = num_points - num_ground
+    centres = (torch.rand(12, 2, generator=g) - 0.5) * 70.0
+    radii = 0.5 + 2.5 * torch.rand(12, generator=g)
+    which = torch.randint(0, 12, (num_wall,), generator=g)
+    angle = 2 * torch.pi * torch.rand(num_wall, generator=g)
+    wall = torch.stack([centres[which, 0] + radii[which] * angle.cos(), centres[which, 1] + radii[which] * angle.sin(),
+                        -1.6 + 4.0 * torch.rand(num_wall, generator=g)], dim=1)
+    xyz = torch.cat([ground, wall])
+    return torch.cat([xyz, torch.rand(num_points, 1, generator=g), 0.5 * torch.rand(num_points, 1, generator=g)], dim=1)

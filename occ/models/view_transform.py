@@ -1,0 +1,122 @@
+"""LSS view transformer: image features -> depth distribution x context -> camera BEV (BEV pooling)."""
+import torch
+from torch import nn
+
+from occ import ops
+
+GEOMETRY_KEYS = ("cam2ego", "intrinsics", "post_rot", "post_tran", "bda")
+
+
+def conv_bn_relu(in_channels, out_channels, kernel_size, stride=1):
+    # every conv of the LiDAR-depth net keeps its bias (the published parameter count includes it)
+    return [nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+
+
+class LidarDepthNet(nn.Module):
+    """Depth net that also sees the LiDAR depth map of the input image (EFFOcc / BEVFusion style).
+
+    depth map (B*N, 1, H_in, W_in) -> Conv1x1(1->8), Conv5x5 s4 (8->32), Conv5x5 s(downsample/4)
+    (32->64), each +BN+ReLU; concat with the image feature; Conv3x3, Conv3x3 (+BN+ReLU) at the image
+    width, Conv1x1 -> D + context channels.
+    """
+
+    def __init__(self, in_channels, num_depth, context_channels, downsample):
+        super().__init__()
+        if downsample % 4 != 0:
+            raise ValueError(f"model.downsample must be a multiple of 4 for LiDAR-depth input, got {downsample}")
+        self.depth_input = nn.Sequential(*conv_bn_relu(1, 8, 1), *conv_bn_relu(8, 32, 5, stride=4),
+                                         *conv_bn_relu(32, 64, 5, stride=downsample // 4))
+        self.net = nn.Sequential(*conv_bn_relu(in_channels + 64, in_channels, 3),
+                                 *conv_bn_relu(in_channels, in_channels, 3),
+                                 nn.Conv2d(in_channels, num_depth + context_channels, 1))
+
+    def forward(self, feat, depth_maps):
+        depth_feat = self.depth_input(depth_maps)
+        if depth_feat.shape[-2:] != feat.shape[-2:]:
+            raise ValueError(f"depth_maps of size {tuple(depth_maps.shape[-2:])} give a {tuple(depth_feat.shape[-2:])} "
+                             f"map, the image features are {tuple(feat.shape[-2:])}")
+        return self.net(torch.cat([feat, depth_feat], dim=1))
+
+
+class LSSViewTransformer(nn.Module):
+    """Lift (depth distribution x context per pixel), splat (BEV pooling into one z bin).
+
+    image_size (H_in, W_in); frustum of (D, H_in/downsample, W_in/downsample) points at
+    u = linspace(0, W_in-1, W_f), v = linspace(0, H_in-1, H_f), d = arange(*depth_bins).
+    BEV grid: x, y over pc_range with `bev_voxel` metres, one z bin over the whole height.
+    """
+
+    def __init__(self, in_channels, context_channels, image_size, downsample, depth_bins, pc_range, bev_voxel,
+                 use_lidar_depth):
+        super().__init__()
+        H_in, W_in = image_size
+        if H_in % downsample or W_in % downsample:
+            raise ValueError(f"data.image_size {image_size} must be divisible by model.downsample {downsample}")
+        H_f, W_f = H_in // downsample, W_in // downsample
+        depths = torch.arange(*depth_bins, dtype=torch.float32)
+        us = torch.linspace(0, W_in - 1, W_f)
+        vs = torch.linspace(0, H_in - 1, H_f)
+        d, v, u = torch.meshgrid(depths, vs, us, indexing="ij")
+        self.register_buffer("frustum", torch.stack([u, v, d], dim=-1), persistent=False)  # (D, H_f, W_f, 3)
+        self.num_depth, self.context_channels = len(depths), context_channels
+        self.use_lidar_depth = use_lidar_depth
+        if use_lidar_depth:
+            self.depth_net = LidarDepthNet(in_channels, self.num_depth, context_channels, downsample)
+        else:
+            self.depth_net = nn.Conv2d(in_channels, self.num_depth + context_channels, 1)
+        lower = torch.tensor(pc_range[:3], dtype=torch.float32)
+        size = torch.tensor([bev_voxel, bev_voxel, pc_range[5] - pc_range[2]], dtype=torch.float32)
+        self.register_buffer("grid_lower", lower, persistent=False)
+        self.register_buffer("grid_size", size, persistent=False)
+        self.bev_hw = (round((pc_range[4] - pc_range[1]) / bev_voxel), round((pc_range[3] - pc_range[0]) / bev_voxel))
+        self.out_channels = context_channels
+        self._rank_cache = None  # (geometry tensors, ranks) of the last eval-mode call
+
+    def frustum_to_ego(self, cam2ego, intrinsics, post_rot, post_tran, bda):
+        """Frustum points in the augmented ego frame: (B, N, D, H_f, W_f, 3)."""
+        B, N = cam2ego.shape[:2]
+        # undo the image augmentation: [u, v, d] = post_rot^-1 ([u', v', d] - post_tran)
+        pts = self.frustum.view(1, 1, *self.frustum.shape) - post_tran.view(B, N, 1, 1, 1, 3)
+        pts = torch.einsum("bnij,bndhwj->bndhwi", torch.inverse(post_rot), pts)
+        pts = torch.cat([pts[..., :2] * pts[..., 2:3], pts[..., 2:3]], dim=-1)  # d * [u, v, 1]
+        cam2aug_ego = bda.view(B, 1, 4, 4) @ cam2ego  # BEV augmentation after calibration
+        rot = cam2aug_ego[..., :3, :3] @ torch.inverse(intrinsics)
+        pts = torch.einsum("bnij,bndhwj->bndhwi", rot, pts)
+        return pts + cam2aug_ego[..., :3, 3].view(B, N, 1, 1, 1, 3)
+
+    def bev_ranks(self, geometry):
+        """Sorted BEV-pooling ranks for this geometry; reused in eval mode while it is unchanged."""
+        if not self.training and self._rank_cache is not None:
+            cached_geometry, ranks = self._rank_cache
+            if all(a.shape == b.shape and a.device == b.device and torch.equal(a, b)
+                   for a, b in zip(cached_geometry, geometry)):
+                return ranks
+        with torch.autocast(geometry[0].device.type, enabled=False):  # coordinates stay in float32
+            points = self.frustum_to_ego(*(g.float() for g in geometry))
+        coords = torch.floor((points - self.grid_lower) / self.grid_size).long()  # floor, not truncation
+        ranks = ops.bev_pool_prepare(coords, (points.shape[0], 1, *self.bev_hw))
+        self._rank_cache = None if self.training else (tuple(g.detach().clone() for g in geometry), ranks)
+        return ranks
+
+    def forward(self, img_feat, batch):
+        """img_feat (B*N, C, H_f, W_f) -> camera BEV (B, context, Y, X) and depth (B, N, D, H_f, W_f)."""
+        geometry = tuple(batch[k] for k in GEOMETRY_KEYS)
+        B, N = geometry[0].shape[:2]
+        if self.use_lidar_depth:
+            if "depth_maps" not in batch:
+                raise KeyError("batch['depth_maps'] is required by a model with model.use_lidar_depth=True")
+            x = self.depth_net(img_feat, batch["depth_maps"].flatten(0, 1).unsqueeze(1))
+        else:
+            x = self.depth_net(img_feat)
+        H_f, W_f = x.shape[-2:]
+        if (H_f, W_f) != tuple(self.frustum.shape[1:3]):
+            raise ValueError(f"image features are {H_f}x{W_f}, the frustum expects {tuple(self.frustum.shape[1:3])}: "
+                             f"do the images match data.image_size?")
+        depth = x[:, :self.num_depth].softmax(dim=1)
+        context = x[:, self.num_depth:]
+        depth = depth.view(B, N, self.num_depth, H_f, W_f)
+        context = context.view(B, N, self.context_channels, H_f, W_f).permute(0, 1, 3, 4, 2).contiguous()
+        ranks = self.bev_ranks(geometry)
+        bev = ops.bev_pool_v2(depth.to(context.dtype), context, *ranks, (B, 1, *self.bev_hw))  # (B, C, 1, Y, X)
+        return bev.squeeze(2), depth
