@@ -1,0 +1,46 @@
+"""The glue between a `Config` and the occupancy dataset, shared by the training and evaluation scripts."""
+import os
+
+import torch
+
+from datasets.nuscenes_occ import NuScenesOccDataset
+
+SPLIT_NAMES = {"train": ("train", "mini_train"), "val": ("val", "mini_val")}
+
+
+def info_path(data_root, split):
+    """The info file datasets/prepare_nuscenes.py writes for `split`."""
+    return os.path.join(data_root, f"occ_infos_{split}.pkl")
+
+
+def default_split(data_root, kind):
+    """'train' / 'val' when their info files exist in data_root, else 'mini_train' / 'mini_val'."""
+    for split in SPLIT_NAMES[kind]:
+        if os.path.isfile(info_path(data_root, split)):
+            return split
+    tried = ", ".join(info_path(data_root, s) for s in SPLIT_NAMES[kind])
+    raise FileNotFoundError(f"no {kind} info file in {data_root} (tried {tried}); "
+                            f"run datasets/prepare_nuscenes.py --root {data_root} --version ...")
+
+
+def dataset_from_config(cfg, data_root, split, train, load_gt=True):
+    """NuScenesOccDataset for one split with the inputs the model of `cfg` needs."""
+    d = cfg.data
+    image_aug = {"resize_jitter": d.resize_jitter, "rotate_deg": d.rotate_deg, "flip_prob": d.flip_prob}
+    return NuScenesOccDataset(data_root, info_path(data_root, split), train=train, image_size=d.image_size,
+                              num_sweeps=d.num_sweeps, load_points=d.load_points, load_depth=d.load_depth,
+                              load_images=cfg.model.modality != "lidar", load_gt=load_gt,
+                              occ_gt_dir=d.occ_gt_dir, bev_flip=d.bev_flip, image_aug=image_aug)
+
+
+def move_batch(batch, device):
+    """A collated batch on `device` (tensors moved, the `points` list element-wise, strings kept)."""
+    moved = {}
+    for key, value in batch.items():
+        if key == "points":
+            moved[key] = [points.to(device, non_blocking=True) for points in value]
+        elif torch.is_tensor(value):
+            moved[key] = value.to(device, non_blocking=True)
+        else:
+            moved[key] = value
+    return moved

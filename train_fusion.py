@@ -1,0 +1,129 @@
+"""Train an occupancy model (EFFOcc fusion, FlashOcc camera-only, LiDAR-only) on Occ3D-nuScenes.
+
+    accelerate launch train_fusion.py --config effocc_fusion_r18 --data-root data/nuscenes --work-dir work_dirs/r18
+    python train_fusion.py --config effocc_fusion_tiny --data-root data/synthetic --work-dir work_dirs/tiny \
+        --max-minutes 10 --set train.lr=1e-3
+    python train_fusion.py ... --resume            # continue from the latest checkpoint in --work-dir
+
+The data root holds the info files of datasets/prepare_nuscenes.py (occ_infos_<split>.pkl) and the
+Occ3D ground truth. Reads top to bottom: parse, build, loop, save.
+"""
+import argparse
+import math
+import sys
+
+import torch
+from tqdm import tqdm
+
+from datasets.build import dataset_from_config, default_split
+from datasets.nuscenes_occ import collate, load_occ_gt
+from occ.checkpoint import CheckpointError, load_checkpoint, load_partial, model_weights
+from occ.config import apply_overrides, get_config
+from occ.engine import sample_scene_fraction
+from occ.evaluation import occupancy_scores, predict
+from occ.losses import class_weights_from_frequencies, count_class_voxels, four_losses, masked_cross_entropy
+from occ.loop import add_training_args, evaluate_with_ema, fit, setup_run
+from occ.metrics import OCC3D_CLASS_NAMES, OCC3D_FREE
+from occ.models import build_model
+from occ.visualize import gt_vs_pred_image
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_args(parser)
+    parser.add_argument("--init-from", metavar="CKPT", help="initialise matching weights from a checkpoint "
+                                                            "(e.g. Occ-BEV pre-training) and report the rest")
+    parser.add_argument("--init-prefixes", nargs="*", help="only load these key prefixes with --init-from")
+    parser.add_argument("--scenes-fraction", type=float, default=1.0,
+                        help="train on this fraction of the training scenes (seeded sample, SPEC 3/4)")
+    return parser.parse_args(argv)
+
+
+def build_config(args):
+    cfg = get_config(args.config)
+    apply_overrides(cfg, args.set)
+    if cfg.model.head != "occ":
+        raise ValueError(f"--config {args.config} is a '{cfg.model.head}' model; train it with its own script")
+    return cfg
+
+
+def select_scenes(dataset, fraction):
+    """Keep the samples of a seeded fraction of the dataset's scenes (SPEC 3 / 4)."""
+    if fraction == 1.0:
+        return
+    scenes = sorted({info["scene_token"] for info in dataset.infos})
+    kept = set(sample_scene_fraction(scenes, fraction))
+    dataset.infos = [info for info in dataset.infos if info["scene_token"] in kept]
+
+
+def class_frequencies(dataset):
+    """Per-class voxel counts inside the camera mask over the training GT (for the four-loss CE)."""
+    counts = torch.zeros(18, dtype=torch.int64)
+    for info in tqdm(dataset.infos, desc="class frequencies", unit="sample"):
+        gt = load_occ_gt(dataset.gt_path(info))
+        counts += count_class_voxels(torch.from_numpy(gt["semantics"]), torch.from_numpy(gt["mask_camera"]))
+    return counts
+
+
+def make_loss_fn(cfg, class_weights=None):
+    """loss_fn(model, batch) -> dict of named losses (SPEC 1.5)."""
+    def loss_fn(model, batch):
+        logits = model(batch)["occ_logits"]
+        if cfg.train.loss == "four":
+            return four_losses(logits, batch["semantics"], batch["mask_camera"], class_weights)
+        return {"loss_ce": masked_cross_entropy(logits, batch["semantics"], batch["mask_camera"])}
+    return loss_fn
+
+
+def make_validate(val_set):
+    """validate(run, step): EMA weights on the validation split; mIoU, per-class IoU and a
+    bird's-eye GT-vs-prediction picture to TensorBoard."""
+    def validate(run, step):
+        def score(network):
+            return occupancy_scores(predict(network, val_set, run.accelerator.device, run.cfg.data.batch_size),
+                                    val_set)
+        result = evaluate_with_ema(run, score)
+        if result is None:
+            return None
+        metrics, (gt, pred, visible) = result
+        run.writer.add_scalar("val/mIoU", metrics["miou"], step)
+        run.writer.add_scalar("val/geometry_IoU", metrics["geometry_iou"], step)
+        for name, iou in zip(OCC3D_CLASS_NAMES[:OCC3D_FREE], metrics["iou"]):
+            if not math.isnan(iou):
+                run.writer.add_scalar(f"val_iou/{name}", iou, step)
+        run.writer.add_image("val/bev_gt_vs_pred", gt_vs_pred_image(gt, pred, visible), step, dataformats="HWC")
+        run.log(f"step {step}: val mIoU {100 * metrics['miou']:.2f}, geometry IoU {100 * metrics['geometry_iou']:.2f}")
+        return metrics
+    return validate
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = build_config(args)
+    train_split = args.train_split or default_split(args.data_root, "train")
+    train_set = dataset_from_config(cfg, args.data_root, train_split, train=True)
+    select_scenes(train_set, args.scenes_fraction)
+    val_set = None
+    if not args.no_val:
+        val_set = dataset_from_config(cfg, args.data_root, args.val_split or default_split(args.data_root, "val"),
+                                      train=False)
+
+    model = build_model(cfg)
+    if args.init_from:
+        checkpoint = load_checkpoint(args.init_from)
+        weights = model_weights(checkpoint, use_ema=checkpoint.get("ema") is not None, path=args.init_from)
+        print(f"--init-from {args.init_from}:\n{load_partial(model, weights, args.init_prefixes).summary()}")
+    class_weights = class_weights_from_frequencies(class_frequencies(train_set)) if cfg.train.loss == "four" else None
+
+    run = setup_run(args, cfg, model, train_set, collate)
+    run.log(f"{cfg.name}: {len(train_set)} training samples ({train_split}, scenes fraction "
+            f"{args.scenes_fraction}), {len(val_set) if val_set else 0} validation samples, "
+            f"{run.accelerator.num_processes} process(es)")
+    return fit(run, args, make_loss_fn(cfg, class_weights), make_validate(val_set) if val_set else None)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError, CheckpointError) as error:
+        sys.exit(f"error: {error}")
