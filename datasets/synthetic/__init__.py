@@ -1,0 +1,13 @@
+"""A procedural driving world written as a nuScenes-format dataset (see datasets/make_synthetic.py).
+
+Modules, one job each:
+  catalog.py    facts reused from real nuScenes: classes, category/attribute/sensor tokens,
+                calibration, mean object sizes, the v1.0-mini scene names
+  world.py      one scene: road layout, static stuff, agents and their constant-velocity motion
+  raycast.py    vectorised ray / yaw-only-box and ray / ground-plane intersection
+  lidar.py      the 32-beam LIDAR_TOP scan
+  camera.py     the 6 camera images (shaded, textured)
+  occupancy.py  Occ3D semantics and masks, OpenOcc flow, OpenOccupancy rows
+  generate.py   per-key-frame tasks (process pool) and the nuScenes table writer
+  preview.py    the preview picture (cameras with LiDAR, bird's-eye GT)
+"""
