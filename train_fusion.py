@@ -9,7 +9,6 @@ The data root holds the info files of datasets/prepare_nuscenes.py (occ_infos_<s
 Occ3D ground truth. Reads top to bottom: parse, build, loop, save.
 """
 import argparse
-import math
 import sys
 
 import torch
@@ -19,13 +18,9 @@ from datasets.build import dataset_from_config, default_split
 from datasets.nuscenes_occ import collate, load_occ_gt
 from occ.checkpoint import CheckpointError, load_checkpoint, load_partial, model_weights
 from occ.config import apply_overrides, get_config
-from occ.engine import sample_scene_fraction
-from occ.evaluation import occupancy_scores, predict
 from occ.losses import class_weights_from_frequencies, count_class_voxels, four_losses, masked_cross_entropy
-from occ.loop import add_training_args, evaluate_with_ema, fit, setup_run
-from occ.metrics import OCC3D_CLASS_NAMES, OCC3D_FREE
+from occ.loop import add_training_args, fit, make_validate, select_scenes, setup_run
 from occ.models import build_model
-from occ.visualize import gt_vs_pred_image
 
 
 def parse_args(argv=None):
@@ -47,15 +42,6 @@ def build_config(args):
     return cfg
 
 
-def select_scenes(dataset, fraction):
-    """Keep the samples of a seeded fraction of the dataset's scenes (SPEC 3 / 4)."""
-    if fraction == 1.0:
-        return
-    scenes = sorted({info["scene_token"] for info in dataset.infos})
-    kept = set(sample_scene_fraction(scenes, fraction))
-    dataset.infos = [info for info in dataset.infos if info["scene_token"] in kept]
-
-
 def class_frequencies(dataset):
     """Per-class voxel counts inside the camera mask over the training GT (for the four-loss CE)."""
     counts = torch.zeros(18, dtype=torch.int64)
@@ -73,28 +59,6 @@ def make_loss_fn(cfg, class_weights=None):
             return four_losses(logits, batch["semantics"], batch["mask_camera"], class_weights)
         return {"loss_ce": masked_cross_entropy(logits, batch["semantics"], batch["mask_camera"])}
     return loss_fn
-
-
-def make_validate(val_set):
-    """validate(run, step): EMA weights on the validation split; mIoU, per-class IoU and a
-    bird's-eye GT-vs-prediction picture to TensorBoard."""
-    def validate(run, step):
-        def score(network):
-            return occupancy_scores(predict(network, val_set, run.accelerator.device, run.cfg.data.batch_size),
-                                    val_set)
-        result = evaluate_with_ema(run, score)
-        if result is None:
-            return None
-        metrics, (gt, pred, visible) = result
-        run.writer.add_scalar("val/mIoU", metrics["miou"], step)
-        run.writer.add_scalar("val/geometry_IoU", metrics["geometry_iou"], step)
-        for name, iou in zip(OCC3D_CLASS_NAMES[:OCC3D_FREE], metrics["iou"]):
-            if not math.isnan(iou):
-                run.writer.add_scalar(f"val_iou/{name}", iou, step)
-        run.writer.add_image("val/bev_gt_vs_pred", gt_vs_pred_image(gt, pred, visible), step, dataformats="HWC")
-        run.log(f"step {step}: val mIoU {100 * metrics['miou']:.2f}, geometry IoU {100 * metrics['geometry_iou']:.2f}")
-        return metrics
-    return validate
 
 
 def main(argv=None):

@@ -10,10 +10,13 @@ datasets, model and loss, then
 checkpoint with --resume, writes config.json and opens TensorBoard. `fit` runs epochs with tqdm,
 logs every loss to TensorBoard, saves atomic resumable checkpoints (every `train.ckpt_interval`
 epochs, every --ckpt-every steps, and when a --max-steps / --max-minutes budget stops it) and
-validates (every `train.val_interval` epochs and every --val-every steps).
+validates (every `train.val_interval` epochs and every --val-every steps). `make_validate` is the
+occupancy validation (EMA weights, mIoU to TensorBoard); `scene_fraction` / `select_scenes` pick the
+seeded scene fraction of SPEC 3 / 4 that train_fusion.py trains on and train_distill.py labels.
 """
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -27,7 +30,11 @@ from datasets.build import move_batch
 from occ.checkpoint import checkpoint_path, config_to_dict, latest_checkpoint
 from occ.ema import EMA
 from occ.engine import (TrainingPosition, build_optimizer, build_scheduler, epoch_batches, make_train_loader,
-                        optimizer_steps_per_epoch, resume_training_state, save_training_state, train_step)
+                        optimizer_steps_per_epoch, resume_training_state, sample_scene_fraction, save_training_state,
+                        train_step)
+from occ.evaluation import occupancy_scores, predict
+from occ.metrics import OCC3D_CLASS_NAMES, OCC3D_FREE
+from occ.visualize import gt_vs_pred_image
 
 
 def add_training_args(parser):
@@ -190,3 +197,38 @@ def evaluate_with_ema(run, evaluate_fn):
     finally:
         network.load_state_dict(live_state)
         network.train()
+
+
+def make_validate(val_set):
+    """validate(run, step): EMA weights on the validation split; mIoU, per-class IoU and a
+    bird's-eye GT-vs-prediction picture to TensorBoard."""
+    def validate(run, step):
+        def score(network):
+            return occupancy_scores(predict(network, val_set, run.accelerator.device, run.cfg.data.batch_size),
+                                    val_set)
+        result = evaluate_with_ema(run, score)
+        if result is None:
+            return None
+        metrics, (gt, pred, visible) = result
+        run.writer.add_scalar("val/mIoU", metrics["miou"], step)
+        run.writer.add_scalar("val/geometry_IoU", metrics["geometry_iou"], step)
+        for name, iou in zip(OCC3D_CLASS_NAMES[:OCC3D_FREE], metrics["iou"]):
+            if not math.isnan(iou):
+                run.writer.add_scalar(f"val_iou/{name}", iou, step)
+        run.writer.add_image("val/bev_gt_vs_pred", gt_vs_pred_image(gt, pred, visible), step, dataformats="HWC")
+        run.log(f"step {step}: val mIoU {100 * metrics['miou']:.2f}, geometry IoU {100 * metrics['geometry_iou']:.2f}")
+        return metrics
+    return validate
+
+
+def scene_fraction(infos, fraction):
+    """The scene tokens (a set) of a seeded fraction of the scenes of `infos` (SPEC 3 / 4)."""
+    return set(sample_scene_fraction(sorted({info["scene_token"] for info in infos}), fraction))
+
+
+def select_scenes(dataset, fraction):
+    """Keep the samples of a seeded fraction of the dataset's scenes (SPEC 3 / 4)."""
+    if fraction == 1.0:
+        return
+    kept = scene_fraction(dataset.infos, fraction)
+    dataset.infos = [info for info in dataset.infos if info["scene_token"] in kept]
