@@ -25,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 from datasets.build import default_split, info_path
-from datasets.nuscenes_occ import GRID_SHAPE, NuScenesOccDataset, load_infos, load_occ_gt
+from datasets.build import dataset_from_config
+from datasets.nuscenes_occ import GRID_SHAPE, load_infos, load_occ_gt
 from occ.checkpoint import CheckpointError, load_checkpoint, model_weights
 from occ.config import config_from_dict
 from occ.evaluation import predict
@@ -128,15 +129,6 @@ def build_model_from_checkpoint(path, use_ema, device):
     return model.to(device).eval(), cfg
 
 
-def eval_dataset(cfg, data_root, path):
-    """The samples of info file `path` in test mode (no augmentation, nearest sweeps), with the
-    inputs the model of `cfg` reads and no GT."""
-    return NuScenesOccDataset(data_root, path, train=False, image_size=cfg.data.image_size,
-                              num_sweeps=cfg.data.num_sweeps, load_points=cfg.data.load_points,
-                              load_depth=cfg.data.load_depth, load_images=cfg.model.modality != "lidar",
-                              load_gt=False, occ_gt_dir=cfg.data.occ_gt_dir)
-
-
 # ----------------------------------------------------------------------------------- scoring
 def draw_sample(vis_dir, token, gt, pred):
     """<token>_bev.png (GT vs prediction, camera-hidden columns greyed) and <token>_3d.png (prediction)."""
@@ -219,7 +211,7 @@ def main(argv=None):
         model, cfg = build_model_from_checkpoint(args.ckpt, not args.no_ema, args.device)
         print(f"model {cfg.name} from {args.ckpt} ({'raw' if args.no_ema else 'EMA'} weights) on {args.device}")
         occ_gt_dir = cfg.data.occ_gt_dir
-        predictions = predict(model, eval_dataset(cfg, args.data_root, path), args.device, args.batch_size,
+        predictions = predict(model, dataset_from_config(cfg, args.data_root, path, train=False, load_gt=False), args.device, args.batch_size,
                               args.num_workers)
     metrics = score(predictions, infos, args.data_root, args.mask, not args.no_rayiou, occ_gt_dir, args.save_pred,
                     args.vis_dir, args.vis_samples)

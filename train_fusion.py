@@ -12,9 +12,10 @@ import argparse
 import sys
 
 import torch
+from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from datasets.build import dataset_from_config, default_split
+from datasets.build import dataset_from_config, default_split, info_path
 from datasets.nuscenes_occ import collate, load_occ_gt
 from occ.checkpoint import CheckpointError, load_checkpoint, load_partial, model_weights
 from occ.config import apply_overrides, get_config
@@ -65,13 +66,14 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_config(args)
     train_split = args.train_split or default_split(args.data_root, "train")
-    train_set = dataset_from_config(cfg, args.data_root, train_split, train=True)
+    train_set = dataset_from_config(cfg, args.data_root, info_path(args.data_root, train_split), train=True)
     select_scenes(train_set, args.scenes_fraction)
     val_set = None
     if not args.no_val:
-        val_set = dataset_from_config(cfg, args.data_root, args.val_split or default_split(args.data_root, "val"),
-                                      train=False)
+        val_split = args.val_split or default_split(args.data_root, "val")
+        val_set = dataset_from_config(cfg, args.data_root, info_path(args.data_root, val_split), train=False)
 
+    set_seed(cfg.train.seed)  # seeded initial weights (and the same on every process)
     model = build_model(cfg)
     if args.init_from:
         checkpoint = load_checkpoint(args.init_from)

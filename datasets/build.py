@@ -4,13 +4,10 @@ import os
 import torch
 
 from datasets.nuscenes_occ import NuScenesOccDataset
+from datasets.prepare_nuscenes import info_path, prepare
+from datasets.synthetic.generate import Options, generate
 
 SPLIT_NAMES = {"train": ("train", "mini_train"), "val": ("val", "mini_val")}
-
-
-def info_path(data_root, split):
-    """The info file datasets/prepare_nuscenes.py writes for `split`."""
-    return os.path.join(data_root, f"occ_infos_{split}.pkl")
 
 
 def default_split(data_root, kind):
@@ -23,11 +20,12 @@ def default_split(data_root, kind):
                             f"run datasets/prepare_nuscenes.py --root {data_root} --version ...")
 
 
-def dataset_from_config(cfg, data_root, split, train, load_gt=True):
-    """NuScenesOccDataset for one split with the inputs the model of `cfg` needs."""
+def dataset_from_config(cfg, data_root, info_file, train, load_gt=True):
+    """NuScenesOccDataset of an info file with the inputs the model of `cfg` reads (train: with
+    the config's augmentation; otherwise deterministic, nearest sweeps)."""
     d = cfg.data
     image_aug = {"resize_jitter": d.resize_jitter, "rotate_deg": d.rotate_deg, "flip_prob": d.flip_prob}
-    return NuScenesOccDataset(data_root, info_path(data_root, split), train=train, image_size=d.image_size,
+    return NuScenesOccDataset(data_root, info_file, train=train, image_size=d.image_size,
                               num_sweeps=d.num_sweeps, load_points=d.load_points, load_depth=d.load_depth,
                               load_images=cfg.model.modality != "lidar", load_gt=load_gt,
                               occ_gt_dir=d.occ_gt_dir, bev_flip=d.bev_flip, image_aug=image_aug)
@@ -44,3 +42,12 @@ def move_batch(batch, device):
         else:
             moved[key] = value
     return moved
+
+
+def ensure_synthetic_world(root):
+    """The default synthetic world (datasets/make_synthetic.py defaults) in `root`, generated when
+    its tables are absent, with its info files (for the demo and the benchmarks)."""
+    if not os.path.isdir(os.path.join(root, "v1.0-mini")):
+        print(f"generating the default synthetic world in {root} (about 5 minutes on 2 cores)")
+        generate(Options(root, workers=min(2, os.cpu_count() or 1)))
+    return prepare(root, "v1.0-mini")

@@ -3,6 +3,8 @@
 A script parses its arguments (`add_training_args` adds the common ones), builds its config,
 datasets, model and loss, then
 
+    set_seed(cfg.train.seed)                     # before building the model: seeded initial weights
+    model = build_model(cfg)
     run = setup_run(args, cfg, model, train_set, collate)
     fit(run, args, loss_fn, validate)            # validate(run, step) -> metrics dict or None
 
@@ -22,7 +24,6 @@ import time
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -79,7 +80,6 @@ class Run:
 def setup_run(args, cfg, model, train_set, collate_fn):
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision,
                               gradient_accumulation_steps=args.grad_accum)
-    set_seed(cfg.train.seed)
     os.makedirs(args.work_dir, exist_ok=True)
     ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_ramp)
     optimizer = build_optimizer(model, cfg.train)
