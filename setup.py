@@ -14,7 +14,7 @@ def cuda_home():
 
 def extension():
     sources = sorted(glob.glob("csrc/*.cpp"))
-    cxx_flags = ["-O3", "-fopenmp", "-std=c++20"]
+    cxx_flags = ["-O3", "-g0", "-fopenmp", "-std=c++20"]  # -g0: no debug info, 3x faster builds
     if cuda_home():
         cpp_extension.CUDA_HOME = cuda_home()
         sources += sorted(glob.glob("csrc/*.cu"))

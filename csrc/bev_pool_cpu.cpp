@@ -5,6 +5,10 @@
 
 #include <vector>
 
+#include <ATen/Dispatch.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+
 #include "ops.h"
 
 namespace {

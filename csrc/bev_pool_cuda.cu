@@ -7,6 +7,13 @@
 
 #include <tuple>
 
+#include <ATen/Dispatch.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/unique_consecutive.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+
 #include "ops.h"
 
 namespace {
@@ -114,7 +121,7 @@ std::vector<at::Tensor> bev_pool_backward_cuda(const at::Tensor& out_grad, const
   at::Tensor group_row, group_size;
   std::tie(group_row, std::ignore, group_size) =
       at::unique_consecutive(sorted_rows, /*return_inverse=*/false, /*return_counts=*/true);
-  const at::Tensor group_begin = at::cumsum(group_size, 0) - group_size;
+  const at::Tensor group_begin = at::cumsum(group_size, 0).sub(group_size);
   const int64_t num_groups = group_row.numel();
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

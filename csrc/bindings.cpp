@@ -1,6 +1,6 @@
 // occ._C: one entry point per op, dispatching on the device of its tensors. Argument checking
 // (shapes, dtypes, bounds) is done by the Python wrappers in occ/ops before these are called.
-#include <torch/extension.h>
+#include <torch/python.h>
 
 #include "ops.h"
 

@@ -2,7 +2,7 @@
 // and calls these with contiguous tensors on one device; the functions here only check the
 // invariants they rely on for memory safety.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <tuple>
 #include <vector>

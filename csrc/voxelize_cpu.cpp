@@ -9,6 +9,10 @@
 #include <cstdint>
 #include <vector>
 
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
 #include "ops.h"
 
 namespace {

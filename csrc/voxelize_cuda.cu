@@ -10,6 +10,16 @@
 
 #include <tuple>
 
+#include <ATen/Dispatch.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/argsort.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/nonzero.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/unique_consecutive.h>
+#include <ATen/ops/zeros.h>
+
 #include "ops.h"
 
 namespace {
@@ -123,14 +133,14 @@ std::vector<at::Tensor> voxelize_cuda(const at::Tensor& points, std::vector<doub
   }
 
   // In-range points sorted by key; ties keep input order, so each run starts with its earliest point.
-  const at::Tensor in_range = at::nonzero(keys >= 0).flatten();
+  const at::Tensor in_range = at::nonzero(keys.ge(0)).flatten();
   at::Tensor sorted_keys, order;
   std::tie(sorted_keys, order) = at::sort(keys.index_select(0, in_range), /*stable=*/true, 0, false);
   const at::Tensor sorted_point = in_range.index_select(0, order).contiguous();
   at::Tensor run_key, run_of_entry, run_size;
   std::tie(run_key, run_of_entry, run_size) =
       at::unique_consecutive(sorted_keys, /*return_inverse=*/true, /*return_counts=*/true);
-  const at::Tensor run_begin = at::cumsum(run_size, 0) - run_size;
+  const at::Tensor run_begin = at::cumsum(run_size, 0).sub(run_size);
   const int64_t num_runs = run_key.numel();
 
   // voxel id of a run = rank of its earliest point among the runs' earliest points
