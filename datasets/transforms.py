@@ -7,7 +7,6 @@ u = i, v = j), the convention of the intrinsics and of the LSS frustum `linspace
 import math
 import os
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -125,8 +124,8 @@ def load_image(path, post_rot, post_tran, out_width, out_height):
     """The augmented image uint8 (out_height, out_width, 3) RGB: source pixel (u, v) lands at
     post_rot[:2, :2] @ [u, v] + post_tran[:2]. PIL decodes (strictly: a truncated file raises,
     naming it), JPEGs at a reduced scale (DCT scaling) and other images box-reduced when the resize
-    allows, so that the one bilinear affine warp (OpenCV, ~4x faster than PIL's) never shrinks by
-    more than 2x."""
+    allows, so that the one bilinear affine warp never shrinks by more than 2x. (OpenCV's warp is
+    faster but its thread pool can deadlock DataLoader workers forked after it ran.)"""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
     try:
@@ -144,15 +143,16 @@ def load_image(path, post_rot, post_tran, out_width, out_height):
         scale /= box_factor
     if image.mode != "RGB":
         image = image.convert("RGB")
-    # Source -> output in integer-centred pixels is (A, t); decoded = scale * (src + 0.5) - 0.5,
-    # so decoded -> output is (A / scale, t_dec). OpenCV samples integer-centred pixels too.
+    # Source -> output in integer-centred pixels is (A, t); decoded = scale * (src + 0.5) - 0.5.
     a_dec = post_rot[:2, :2] / scale
     t_dec = post_tran[:2] - a_dec @ np.full(2, 0.5 * (scale - 1.0))
-    output2decoded = np.empty((2, 3))
-    output2decoded[:, :2] = np.array([[a_dec[1, 1], -a_dec[0, 1]], [-a_dec[1, 0], a_dec[0, 0]]]) / np.linalg.det(a_dec)
-    output2decoded[:, 2] = -output2decoded[:, :2] @ t_dec
-    return cv2.warpAffine(np.asarray(image), output2decoded, (out_width, out_height),
-                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
+    # PIL maps output pixel-area coordinates (u' + 0.5) to input pixel-area coordinates.
+    inverse = np.array([[a_dec[1, 1], -a_dec[0, 1]], [-a_dec[1, 0], a_dec[0, 0]]]) / np.linalg.det(a_dec)
+    offset = 0.5 - inverse @ (0.5 + t_dec)
+    coeffs = (inverse[0, 0], inverse[0, 1], offset[0], inverse[1, 0], inverse[1, 1], offset[1])
+    warped = image.transform((out_width, out_height), Image.Transform.AFFINE, coeffs,
+                             resample=Image.Resampling.BILINEAR)
+    return np.asarray(warped)
 
 
 # (3, 256) float32: the normalised value of every uint8 level per channel
