@@ -5,13 +5,12 @@ holds on a busy shared machine, where samples/s does not).
 
     python bench/data.py [--data-root data/synthetic] [--samples 24] [--workers 0 1 2]
 
-With the default data root, data/synthetic (ignored by git), a small synthetic world is generated
-there on the first run (datasets/make_synthetic.py) and its info files written
-(datasets/prepare_nuscenes.py). Another root needs its info file (--info).
+With the default data root, data/synthetic (ignored by git), the default synthetic world is
+generated there on the first run (datasets/build.ensure_synthetic_world, shared with `make demo`
+and the other benchmarks). Another root needs its info file (--info).
 """
 import argparse
 import os
-import subprocess
 import sys
 import time
 
@@ -19,16 +18,8 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from datasets.build import ensure_synthetic_world  # noqa: E402
 from datasets.nuscenes_occ import NuScenesOccDataset, collate  # noqa: E402
-
-
-def ensure_synthetic_world(root):
-    """Generate the world and its info files when absent (first run only)."""
-    if not os.path.isdir(os.path.join(root, "v1.0-mini")):
-        subprocess.run([sys.executable, os.path.join(REPO, "datasets", "make_synthetic.py"), "--out", root,
-                        "--scenes", "2", "--samples-per-scene", "6"], check=True)
-    subprocess.run([sys.executable, os.path.join(REPO, "datasets", "prepare_nuscenes.py"), "--root", root,
-                    "--version", "v1.0-mini"], check=True)
 
 
 def cpu_seconds_per_sample(dataset, num_samples):
