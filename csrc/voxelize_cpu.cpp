@@ -2,16 +2,16 @@
 // then handed out in one sequential pass over the points (which is what makes the result
 // first-come), looking cells up in an open-addressing hash map sized to the point count rather
 // than a dense table over the whole grid (1600x1600x40 cells would be 400 MB); the point rows are
-// finally copied into their voxels in parallel.
+// finally copied into their voxels, and the unused slots zeroed, in parallel.
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 
 #include "ops.h"
 
@@ -104,27 +104,35 @@ std::vector<at::Tensor> voxelize_impl(const at::Tensor& points, const std::vecto
   }
 
   const int64_t num_voxels = static_cast<int64_t>(voxel_first_point.size());
-  at::Tensor voxels = at::zeros({num_voxels, max_points, num_features}, points.options());
+  at::Tensor voxels = at::empty({num_voxels, max_points, num_features}, points.options());
   at::Tensor coords = at::empty({num_voxels, 3}, points.options().dtype(at::kInt));
   at::Tensor counts = at::empty({num_voxels}, points.options().dtype(at::kInt));
   scalar_t* voxel_data = voxels.data_ptr<scalar_t>();
   int* coord_data = coords.data_ptr<int>();
   int* count_data = counts.data_ptr<int>();
 
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < num_points; ++i) {
-    if (point_voxel[i] < 0) continue;
-    scalar_t* dst = voxel_data + (point_voxel[i] * max_points + point_slot[i]) * num_features;
-    const scalar_t* src = point_data + i * num_features;
-    for (int64_t f = 0; f < num_features; ++f) dst[f] = src[f];
-  }
-#pragma omp parallel for schedule(static)
-  for (int64_t v = 0; v < num_voxels; ++v) {
-    const int64_t key = keys[voxel_first_point[v]];
-    coord_data[3 * v + 0] = static_cast<int>(key / (grid_size[0] * grid_size[1]));  // z
-    coord_data[3 * v + 1] = static_cast<int>((key / grid_size[0]) % grid_size[1]);  // y
-    coord_data[3 * v + 2] = static_cast<int>(key % grid_size[0]);                   // x
-    count_data[v] = static_cast<int>(std::min<int64_t>(voxel_count[v], max_points));
+#pragma omp parallel
+  {
+    // kept points into their slots
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < num_points; ++i) {
+      if (point_voxel[i] < 0) continue;
+      scalar_t* dst = voxel_data + (point_voxel[i] * max_points + point_slot[i]) * num_features;
+      const scalar_t* src = point_data + i * num_features;
+      for (int64_t f = 0; f < num_features; ++f) dst[f] = src[f];
+    }
+    // coordinates, counts and the zero padding of the unused slots
+#pragma omp for schedule(static)
+    for (int64_t v = 0; v < num_voxels; ++v) {
+      const int64_t key = keys[voxel_first_point[v]];
+      const int64_t kept = std::min<int64_t>(voxel_count[v], max_points);
+      coord_data[3 * v + 0] = static_cast<int>(key / (grid_size[0] * grid_size[1]));  // z
+      coord_data[3 * v + 1] = static_cast<int>((key / grid_size[0]) % grid_size[1]);  // y
+      coord_data[3 * v + 2] = static_cast<int>(key % grid_size[0]);                   // x
+      count_data[v] = static_cast<int>(kept);
+      std::fill(voxel_data + (v * max_points + kept) * num_features,
+                voxel_data + (v + 1) * max_points * num_features, scalar_t(0));
+    }
   }
   return {voxels, coords, counts};
 }
