@@ -123,26 +123,27 @@ def _check_bev_pool_inputs(depth, feat, ranks_depth, ranks_feat, ranks_bev, inte
     if interval_starts.numel() == 0:
         raise ValueError(f"bev_pool_v2: interval_starts is empty but there are {num_points} points")
 
-    # The value checks run on the tensors' device and are read back together (one sync).
-    checks = {}
-    for name, tensor, bound in (("ranks_depth", ranks_depth, depth.numel()),
-                                ("ranks_feat", ranks_feat, B * N * H * W),
-                                ("ranks_bev", ranks_bev, math.prod(int(s) for s in bev_shape))):
-        low, high = torch.aminmax(tensor)
-        checks[f"{name} must lie in [0, {bound})"] = (low >= 0) & (high < bound)
-    starts, lengths = interval_starts.long(), interval_lengths.long()
-    ends = starts + lengths  # exclusive
-    checks["interval_lengths must be >= 1"] = (lengths >= 1).all()
-    checks[f"interval_starts/interval_lengths must tile [0, {num_points}) in order"] = (
-        (starts[0] == 0) & (ends[-1] == num_points) & (starts[1:] == ends[:-1]).all())
-    checks["ranks_bev must be sorted"] = (ranks_bev[1:] >= ranks_bev[:-1]).all()
-    last = (ends - 1).clamp(0, num_points - 1)
-    first = starts.clamp(0, num_points - 1)
-    checks["ranks_bev must be constant inside each interval and differ between intervals"] = (
-        (ranks_bev[first] == ranks_bev[last]).all() & (ranks_bev[first[1:]] != ranks_bev[last[:-1]]).all())
-    for message, passed in zip(checks, torch.stack(list(checks.values())).tolist()):
-        if not passed:
-            raise ValueError(f"bev_pool_v2: {message}")
+    # Value checks, written for numpy arrays and torch tensors alike: CPU tensors are checked as
+    # zero-copy numpy views (single-threaded, no OpenMP fork/join per check), CUDA tensors in place.
+    as_array = (lambda t: t.numpy()) if feat.device.type == "cpu" else (lambda t: t)
+    rd, rf, rb = as_array(ranks_depth), as_array(ranks_feat), as_array(ranks_bev)
+    starts, lengths = as_array(interval_starts), as_array(interval_lengths)
+    checks = (
+        ("ranks_depth", f"must lie in [0, {depth.numel()})", lambda: rd.min() >= 0 and rd.max() < depth.numel()),
+        ("ranks_feat", f"must lie in [0, {B * N * H * W})", lambda: rf.min() >= 0 and rf.max() < B * N * H * W),
+        ("ranks_bev", "must be sorted", lambda: (rb[1:] >= rb[:-1]).all()),
+        ("ranks_bev", f"must lie in [0, {math.prod(int(s) for s in bev_shape)})",
+         lambda: rb[0] >= 0 and rb[-1] < math.prod(int(s) for s in bev_shape)),
+        ("interval_lengths", f"must lie in [1, {num_points}]", lambda: lengths.min() >= 1 and lengths.max() <= num_points),
+        ("interval_starts", f"with interval_lengths must tile [0, {num_points}) in order",
+         lambda: starts[0] == 0 and starts[-1] + lengths[-1] == num_points
+         and (starts[1:] == starts[:-1] + lengths[:-1]).all()),
+        ("ranks_bev", "must be constant inside each interval and differ between intervals",
+         lambda: (rb[starts] == rb[starts + lengths - 1]).all() and (rb[starts[1:]] != rb[starts[1:] - 1]).all()),
+    )
+    for name, requirement, passed in checks:  # in order: later checks index with what earlier ones proved
+        if not bool(passed()):
+            raise ValueError(f"bev_pool_v2: {name} {requirement}")
 
 
 def bev_pool_v2(depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths, bev_shape):
