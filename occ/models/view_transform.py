@@ -118,5 +118,6 @@ class LSSViewTransformer(nn.Module):
         depth = depth.view(B, N, self.num_depth, H_f, W_f)
         context = context.view(B, N, self.context_channels, H_f, W_f).permute(0, 1, 3, 4, 2).contiguous()
         ranks = self.bev_ranks(geometry)
-        bev = ops.bev_pool_v2(depth.to(context.dtype), context, *ranks, (B, 1, *self.bev_hw))  # (B, C, 1, Y, X)
+        # pooled in float32 (also under fp16 autocast): sums of many points, and the kernels take float32
+        bev = ops.bev_pool_v2(depth.float(), context.float(), *ranks, (B, 1, *self.bev_hw))  # (B, C, 1, Y, X)
         return bev.squeeze(2), depth
