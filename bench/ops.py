@@ -12,7 +12,8 @@ Times are medians over --repeats runs after one warm-up. Peak memory of a call =
 resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs) minus its resident set
 just before the call, measured in a fresh subprocess per call with glibc's mmap threshold fixed at
 64 KiB so that large buffers are taken from and returned to the OS. On a GPU it also times the
-CUDA kernels (torch.cuda.synchronize around each run).
+CUDA kernels (torch.cuda.synchronize around each run). "forward kernel alone" is occ._C's forward
+without the input checks and autograd bookkeeping of occ.ops.bev_pool_v2.
 """
 import argparse
 import ctypes
@@ -32,6 +33,7 @@ sys.path.insert(0, REPO)
 from occ.geometry import image_aug_matrix, invert_transform, make_transform  # noqa: E402
 from occ.ops import (bev_pool_prepare, bev_pool_v2, bev_pool_v2_reference, voxelize,  # noqa: E402
                      voxelize_reference)
+from occ.ops.extension import kernels_for  # noqa: E402
 
 # Fusion-R18 sizes
 NUM_CAMERAS, DEPTH_BINS, FEAT_H, FEAT_W, CHANNELS = 6, 88, 32, 88, 64
@@ -143,6 +145,10 @@ def time_bev_pool(device, repeats):
 
         results[f"{name} backward"] = median_ms(lambda: state["out"].backward(state["grad"]), repeats, device,
                                                 setup=forward)
+    kernels = kernels_for(device)
+    num_cells = math.prod(BEV_SHAPE)
+    results["kernel forward"] = median_ms(lambda: kernels.bev_pool_forward(depth.detach(), feat.detach(), *ranks,
+                                                                           num_cells), repeats, device)
     return results
 
 
@@ -223,6 +229,8 @@ def main():
         peak_memory_of(args.peak_memory_of)
         return
 
+    if kernels_for(torch.device("cpu")) is None:
+        sys.exit("bench/ops.py measures the compiled kernels: build them first with `make extension`")
     cloud = multi_sweep_cloud(args.nuscenes_root)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
@@ -235,6 +243,7 @@ def main():
         for step in ("forward", "backward"):
             print(f"  {device.type:4s} {step:8s}  ours {times[f'ours {step}']:8.2f}  reference "
                   f"{times[f'reference {step}']:8.2f}  speed-up x{times[f'reference {step}'] / times[f'ours {step}']:.1f}")
+        print(f"  {device.type:4s} forward kernel alone (no input checks, no autograd): {times['kernel forward']:.3f}")
     print("  cpu  peak memory growth of one call (MiB, RSS high-water mark in a fresh process):")
     for step in ("forward", "forward+backward"):
         ours, reference = measured_peak_mib(f"ours {step}"), measured_peak_mib(f"reference {step}")

@@ -132,7 +132,7 @@ def sorted_by_coords(voxels, coords, num_points):
     return voxels[order], coords[order], num_points[order]
 
 
-@pytest.mark.filterwarnings("ignore::FutureWarning")  # spconv's own torch.cuda.amp deprecations
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")  # from spconv and its deps
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
 def test_agrees_with_spconv_point_to_voxel(device):
     from spconv.pytorch.utils import PointToVoxel

@@ -3,6 +3,8 @@
 `voxelize` / `dynamic_voxelize` run the compiled kernels (csrc/voxelize_*); the `*_reference`
 functions are the plain-PyTorch versions they are tested against.
 """
+import numbers
+
 import torch
 
 from .extension import kernels_for
@@ -86,8 +88,9 @@ def _check_grid(points, voxel_size, pc_range, op):
 
 
 def _check_count(value, name, op):
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value < 2**31:
         raise ValueError(f"{op}: {name} must be a positive int below 2**31, got {value!r}")
+    return int(value)
 
 
 def voxelize(points, voxel_size, pc_range, max_points, max_voxels):
@@ -98,8 +101,8 @@ def voxelize(points, voxel_size, pc_range, max_points, max_voxels):
     to the reference when the kernels are not built.
     """
     voxel_size, range_min, grid_size = _check_grid(points, voxel_size, pc_range, "voxelize")
-    _check_count(max_points, "max_points", "voxelize")
-    _check_count(max_voxels, "max_voxels", "voxelize")
+    max_points = _check_count(max_points, "max_points", "voxelize")
+    max_voxels = _check_count(max_voxels, "max_voxels", "voxelize")
     kernels = kernels_for(points.device)
     if kernels is None:
         return voxelize_reference(points, voxel_size, pc_range, max_points, max_voxels)
