@@ -8,7 +8,7 @@ import torch
 
 import pretrain_occbev
 from datasets import prepare_nuscenes, prepare_occbev
-from datasets.nuscenes_occ import NuScenesOccDataset, collate
+from datasets.nuscenes_occ import NuScenesOccDataset
 from datasets.occbev_targets import GRID_LOWER, VOXEL_SIZE, load_occbev_target, occbev_target_path
 from occ.checkpoint import latest_checkpoint, load_checkpoint, load_partial, model_weights, save_checkpoint
 from occ.config import get_config
