@@ -24,14 +24,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datasets.build import default_split, info_path
-from datasets.build import dataset_from_config
+from datasets.build import dataset_from_config, default_split, info_path
 from datasets.nuscenes_occ import GRID_SHAPE, load_infos, load_occ_gt
-from occ.checkpoint import CheckpointError, load_checkpoint, model_weights
-from occ.config import config_from_dict
-from occ.evaluation import predict
+from occ.checkpoint import CheckpointError
+from occ.evaluation import build_model_from_checkpoint, predict
 from occ.metrics import OCC3D_CLASS_NAMES, OCC3D_FREE, OccupancyMetric, RayIoUMetric, format_table, scene_lidar_origins
-from occ.models import build_model
 from occ.visualize import gt_vs_pred_image, save_png, voxel_render
 
 MASKS = {"camera": "mask_camera", "lidar": "mask_lidar", "none": None}
@@ -110,23 +107,6 @@ def folder_predictions(pred_dir, infos):
     """Yields (info, prediction) in info order."""
     for info in infos:
         yield info, load_prediction(os.path.join(pred_dir, f"{info['token']}.npz"))
-
-
-def build_model_from_checkpoint(path, use_ema, device):
-    """(model in eval mode, config) from a training checkpoint."""
-    checkpoint = load_checkpoint(path)
-    if not checkpoint.get("config"):
-        raise ValueError(f"checkpoint {path} stores no config: cannot rebuild its model")
-    cfg = config_from_dict(checkpoint["config"])
-    if cfg.model.head != "occ":
-        raise ValueError(f"checkpoint {path} is a '{cfg.model.head}' model ({cfg.name}), not an occupancy model")
-    model = build_model(cfg)
-    state = model_weights(checkpoint, use_ema, path)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"checkpoint {path} does not match the model its config describes: {error}") from error
-    return model.to(device).eval(), cfg
 
 
 # ----------------------------------------------------------------------------------- scoring

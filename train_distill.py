@@ -23,9 +23,9 @@ from accelerate.utils import set_seed
 
 from datasets.build import dataset_from_config, default_split, info_path
 from datasets.nuscenes_occ import collate
-from evaluate import build_model_from_checkpoint
 from occ.checkpoint import CheckpointError, load_partial
 from occ.config import apply_overrides, get_config
+from occ.evaluation import build_model_from_checkpoint
 from occ.loop import add_training_args, fit, make_validate, scene_fraction, setup_run
 from occ.losses import distill_losses
 from occ.models import build_model

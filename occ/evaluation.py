@@ -4,7 +4,27 @@ import torch
 
 from datasets.build import move_batch
 from datasets.nuscenes_occ import collate, load_occ_gt
+from occ.checkpoint import load_checkpoint, model_weights
+from occ.config import config_from_dict
 from occ.metrics import OccupancyMetric
+from occ.models import build_model
+
+
+def build_model_from_checkpoint(path, use_ema, device):
+    """(model in eval mode, config) from a training checkpoint."""
+    checkpoint = load_checkpoint(path)
+    if not checkpoint.get("config"):
+        raise ValueError(f"checkpoint {path} stores no config: cannot rebuild its model")
+    cfg = config_from_dict(checkpoint["config"])
+    if cfg.model.head != "occ":
+        raise ValueError(f"checkpoint {path} is a '{cfg.model.head}' model ({cfg.name}), not an occupancy model")
+    model = build_model(cfg)
+    state = model_weights(checkpoint, use_ema, path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint {path} does not match the model its config describes: {error}") from error
+    return model.to(device).eval(), cfg
 
 
 @torch.no_grad()
