@@ -1,10 +1,10 @@
 """Learning benchmark: fusion vs LiDAR-only vs camera-only, one wall-clock budget each.
 
-    python bench/learning.py [--data-root data/synthetic] [--minutes 20] [--work-dir work_dirs/learning]
+    python bench/learning.py [--data-root data/synthetic] [--minutes 20] [--lr 1e-3] [--work-dir work_dirs/learning]
 
 Trains effocc_fusion_r18_tiny, effocc_lidar_tiny and flashocc_r50_tiny on the default synthetic
 world (generated with datasets/make_synthetic.py and prepared when absent) for the same number of
-minutes each, scores each with evaluate.py's functions (EMA weights, camera mask) and prints the
+minutes each (all at one learning rate), scores each with evaluate.py's functions (EMA weights, camera mask) and prints the
 per-class IoU table and one line per model: name, modality, steps, mIoU, geometry IoU, RayIoU.
 Two trivial predictors give the floor: everything free, and the most frequent occupied class of
 the training GT everywhere.
@@ -47,6 +47,8 @@ def main():
     parser.add_argument("--data-root", default="data/synthetic")
     parser.add_argument("--work-dir", default="work_dirs/learning")
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget per model")
+    parser.add_argument("--lr", type=float, default=1e-3,
+                        help="train.lr of every model (the presets' rates are meant for 24-48 epochs, not minutes)")
     parser.add_argument("--models", nargs="*", default=[m for m, _ in MODELS], choices=[m for m, _ in MODELS])
     args = parser.parse_args()
     ensure_synthetic_world(args.data_root)
@@ -67,7 +69,8 @@ def main():
         work_dir = os.path.join(args.work_dir, preset)
         print(f"\n=== {modality}: {preset}, {args.minutes} minutes ===", flush=True)
         position = train_fusion.main(["--config", preset, "--data-root", args.data_root, "--work-dir", work_dir,
-                                      "--max-minutes", str(args.minutes), "--no-val"])
+                                      "--max-minutes", str(args.minutes), "--no-val",
+                                      "--set", f"train.lr={args.lr}"])
         steps[modality] = position.step
         checkpoint = str(latest_checkpoint(work_dir))
         results[f"{modality} ({preset})"] = evaluate.main(["--ckpt", checkpoint, "--data-root", args.data_root,
