@@ -196,7 +196,8 @@ def make_tiny(cfg):
         m.bev_neck_channels, m.head_hidden = 32, 8  # 32 = 2 ch x 16 heights
     else:
         m.head_hidden = 32
-    cfg.train.warmup_iters, cfg.train.ema_ramp, cfg.train.log_interval = 20, 200, 10
+    # minutes of CPU training, not 24-48 epochs: a higher rate, short warm-up and EMA ramp
+    cfg.train.lr, cfg.train.warmup_iters, cfg.train.ema_ramp, cfg.train.log_interval = 1e-3, 20, 200, 10
     return cfg
 
 
