@@ -300,9 +300,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     script.write_text(TWO_PROCESS_SCRIPT)
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=f"{repo}{os.pathsep}{repo / 'tests'}", OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--standalone", str(script), "4", str(tmp_path / "two.pt")],
-                   env=env, check=True, capture_output=True, timeout=180)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--standalone", str(script), "4", str(tmp_path / "two.pt")],
+                            env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     run_two_process_worker(fresh_accelerator(), 8, tmp_path / "one.pt")
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert one["steps"] == two["steps"] == 8
