@@ -24,27 +24,24 @@ class Hits:
 def intersect_box(origin, dirs, centre, half, yaw):
     """Entry distance of rays into one box (inf where missed).
 
-    origin (3,), dirs (R, 3) unit, centre (3,), half (3,), yaw scalar. Rays starting inside the box
-    report a miss (sensors are never inside objects).
+    origin (3,), dirs: the rays' unit directions as three (R,) float32 arrays (x, y, z), centre (3,),
+    half (3,) half sizes, yaw scalar. Rays starting inside the box report a miss (sensors are never
+    inside objects). Slab test, one axis at a time in the box frame.
     """
     c, s = np.cos(yaw), np.sin(yaw)
     rel = origin - centre
-    o = np.array([c * rel[0] + s * rel[1], -s * rel[0] + c * rel[1], rel[2]], dtype=np.float32)  # box frame
-    d = np.empty(dirs.shape, dtype=np.float32)
-    d[:, 0] = c * dirs[:, 0] + s * dirs[:, 1]
-    d[:, 1] = -s * dirs[:, 0] + c * dirs[:, 1]
-    d[:, 2] = dirs[:, 2]
-    half = half.astype(np.float32)
+    o = (c * rel[0] + s * rel[1], -s * rel[0] + c * rel[1], rel[2])  # origin in the box frame
+    x, y, z = dirs
+    d = (c * x + s * y, -s * x + c * y, z)  # directions in the box frame
+    t_in, t_out = np.float32(0), np.float32(np.inf)
     with np.errstate(divide="ignore", invalid="ignore"):  # axis-parallel rays: inf slabs, nan = miss
-        inv = 1.0 / d
-        t1 = (-half - o) * inv
-        t2 = (half - o) * inv
-    near = np.minimum(t1, t2)  # (R, 3)
-    far = np.maximum(t1, t2)
-    t_in = np.maximum(np.maximum(near[:, 0], near[:, 1]), near[:, 2])
-    t_out = np.minimum(np.minimum(far[:, 0], far[:, 1]), far[:, 2])
-    hit = (t_in <= t_out) & (t_in > 0)
-    return np.where(hit, t_in, np.inf)
+        for axis in range(3):
+            inv = 1.0 / d[axis]
+            t1 = (np.float32(-half[axis] - o[axis])) * inv
+            t2 = (np.float32(half[axis] - o[axis])) * inv
+            t_in = np.maximum(t_in, np.minimum(t1, t2))
+            t_out = np.minimum(t_out, np.maximum(t1, t2))
+    return np.where((t_in <= t_out) & (t_in > 0), t_in, np.float32(np.inf))
 
 
 def cast(origin, dirs, parts, candidates, max_distance=np.inf, count_unoccluded=None):
@@ -62,13 +59,14 @@ def cast(origin, dirs, parts, candidates, max_distance=np.inf, count_unoccluded=
     nearest = np.maximum(np.linalg.norm(parts.centre - origin, axis=1) - np.linalg.norm(parts.half, axis=1), 0)
     if count_unoccluded is None:
         count_unoccluded = np.zeros(len(candidates), dtype=bool)
+    dirs_xyz = [np.ascontiguousarray(dirs[:, axis], dtype=np.float32) for axis in range(3)]
     for p in np.argsort(nearest, kind="stable"):
         rays = candidates[p]
         if rays is None or len(rays) == 0:
             continue
         if not count_unoccluded[p]:
             rays = rays[best[rays] > nearest[p]]
-        t = intersect_box(origin, dirs[rays], parts.centre[p], parts.half[p], parts.yaw[p])
+        t = intersect_box(origin, [d[rays] for d in dirs_xyz], parts.centre[p], parts.half[p], parts.yaw[p])
         unoccluded[p] = np.count_nonzero(t <= max_distance)
         closer = t < best[rays]
         best[rays[closer]] = t[closer]
