@@ -45,6 +45,8 @@ def parse_args():
     parser.add_argument("--steps", type=int, help="a step budget per run instead of minutes (all runs, teacher too)")
     parser.add_argument("--labelled-fraction", type=float, default=0.4)
     parser.add_argument("--teacher-ckpt", help="use this fusion checkpoint instead of training a teacher")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="CPU threads (the budgets are in steps, so two benchmarks may share the cores)")
     parser.add_argument("--lr", type=float, default=1e-3, help="train.lr of every run (short budgets)")
     return parser.parse_args()
 
@@ -63,7 +65,7 @@ def main():
     if os.path.isdir(args.work_dir) and os.listdir(args.work_dir):
         sys.exit(f"error: --work-dir {args.work_dir} is not empty; remove it or pass another one")
     ensure_synthetic_world(args.data_root)
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(args.threads)
     train_infos = load_infos(info_path(args.data_root, default_split(args.data_root, "train")))
     num_scenes = len({info["scene_token"] for info in train_infos})
     labelled = scene_fraction(train_infos, args.labelled_fraction)

@@ -1,17 +1,22 @@
-"""Learning benchmark: fusion vs LiDAR-only vs camera-only, one wall-clock budget each.
+"""Learning benchmark: fusion vs LiDAR-only vs camera-only, one budget each.
 
-    python bench/learning.py [--data-root data/synthetic] [--minutes 20] [--lr 1e-3] [--work-dir work_dirs/learning]
+    python bench/learning.py [--data-root data/synthetic] [--minutes 20 | --steps N] [--lr 1e-3]
+                             [--work-dir work_dirs/learning]
 
 Trains effocc_fusion_r18_tiny, effocc_lidar_tiny and flashocc_r50_tiny on the default synthetic
 world (generated with datasets/make_synthetic.py and prepared when absent) for the same number of
-minutes each (all at one learning rate), scores each with evaluate.py's functions (EMA weights, camera mask) and prints the
-per-class IoU table and one line per model: name, modality, steps, mIoU, geometry IoU, RayIoU.
+minutes each, or with --steps for the same number of optimizer steps (on a CPU a fusion step costs
+about twice a LiDAR-only step, so equal minutes favour the LiDAR-only model; equal steps compare
+what each model learns from the same samples), all at one learning rate. Scores each with
+evaluate.py's functions (EMA weights, camera mask) and prints the per-class IoU table and one line
+per model: name, modality, steps, minutes, mIoU, geometry IoU, RayIoU.
 Two trivial predictors give the floor: everything free, and the most frequent occupied class of
 the training GT everywhere.
 """
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -47,12 +52,15 @@ def main():
     parser.add_argument("--data-root", default="data/synthetic")
     parser.add_argument("--work-dir", default="work_dirs/learning")
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget per model")
+    parser.add_argument("--steps", type=int, help="an optimizer-step budget per model instead of minutes")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="CPU threads (with --steps, two benchmarks may share the cores)")
     parser.add_argument("--lr", type=float, default=1e-3,
                         help="train.lr of every model (the presets' rates are meant for 24-48 epochs, not minutes)")
     parser.add_argument("--models", nargs="*", default=[m for m, _ in MODELS], choices=[m for m, _ in MODELS])
     args = parser.parse_args()
     ensure_synthetic_world(args.data_root)
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(args.threads)
 
     val_infos = load_infos(info_path(args.data_root, default_split(args.data_root, "val")))
     train_infos = load_infos(info_path(args.data_root, default_split(args.data_root, "train")))
@@ -62,15 +70,17 @@ def main():
         f"majority ({OCC3D_CLASS_NAMES[majority]})": evaluate.score(constant_predictor(val_infos, majority),
                                                                    val_infos, args.data_root),
     }
-    steps = {}
+    steps, minutes = {}, {}
     for modality, preset in MODELS:
         if modality not in args.models:
             continue
         work_dir = os.path.join(args.work_dir, preset)
-        print(f"\n=== {modality}: {preset}, {args.minutes} minutes ===", flush=True)
+        budget = ["--max-steps", str(args.steps)] if args.steps else ["--max-minutes", str(args.minutes)]
+        print(f"\n=== {modality}: {preset}, {budget[1]} {budget[0][6:]} ===", flush=True)
+        started = time.perf_counter()
         position = train_fusion.main(["--config", preset, "--data-root", args.data_root, "--work-dir", work_dir,
-                                      "--max-minutes", str(args.minutes), "--no-val",
-                                      "--set", f"train.lr={args.lr}"])
+                                      *budget, "--no-val", "--set", f"train.lr={args.lr}"])
+        minutes[modality] = (time.perf_counter() - started) / 60
         steps[modality] = position.step
         checkpoint = str(latest_checkpoint(work_dir))
         results[f"{modality} ({preset})"] = evaluate.main(["--ckpt", checkpoint, "--data-root", args.data_root,
@@ -80,11 +90,12 @@ def main():
     columns = {key.split(" ")[0]: [m["per_class"][n]["iou"] for n in names] for key, m in results.items()}
     print("\nper-class IoU (camera mask), validation split")
     print(format_table(names, columns, {key.split(" ")[0]: m["miou"] for key, m in results.items()}))
-    print(f"\n{'model':<34} {'steps':>6} {'mIoU':>7} {'geomIoU':>8} {'RayIoU':>7}")
+    print(f"\n{'model':<34} {'steps':>6} {'minutes':>8} {'mIoU':>7} {'geomIoU':>8} {'RayIoU':>7}")
     for key, m in results.items():
         modality = key.split(" ")[0]
-        print(f"{key:<34} {steps.get(modality, '-'):>6} {100 * m['miou']:7.2f} {100 * m['geometry_iou']:8.2f} "
-              f"{100 * m['rayiou']:7.2f}")
+        spent = f"{minutes[modality]:.1f}" if modality in minutes else "-"
+        print(f"{key:<34} {steps.get(modality, '-'):>6} {spent:>8} {100 * m['miou']:7.2f} "
+              f"{100 * m['geometry_iou']:8.2f} {100 * m['rayiou']:7.2f}")
 
 
 if __name__ == "__main__":

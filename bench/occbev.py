@@ -2,11 +2,12 @@
 few labels?
 
     python bench/occbev.py [--data-root data/synthetic] [--work-dir work_dirs/occbev_bench]
-        [--pretrain-minutes 12] [--finetune-steps 150] [--scenes-fraction 0.25] [--lr 1e-3] [--rayiou]
+        [--pretrain-minutes 12 | --pretrain-steps N] [--finetune-steps 150] [--scenes-fraction 0.25]
+        [--lr 1e-3] [--threads N] [--rayiou]
 
-1. Pre-trains occbev_pretrain_tiny for --pretrain-minutes on every training scene (images and
-   LiDAR-made geometry targets, no labels) and scores its geometry IoU on the validation split
-   (EMA weights, every voxel), next to the floor of predicting everything occupied.
+1. Pre-trains occbev_pretrain_tiny for --pretrain-minutes (or --pretrain-steps) on every training
+   scene (images and LiDAR-made geometry targets, no labels) and scores its geometry IoU on the
+   validation split (EMA weights, every voxel), next to the floor of predicting everything occupied.
 2. Fine-tunes flashocc_r50_tiny on --scenes-fraction of the training scenes (the seeded labelled
    scenes of SPEC 3/4) twice with the same number of optimizer steps: from the pre-trained
    backbone, neck, view transformer and BEV encoder (train_fusion.py --init-from), and from scratch.
@@ -18,6 +19,7 @@ info files (datasets/prepare_nuscenes.py) and Occ-BEV targets (datasets/prepare_
 import argparse
 import os
 import sys
+import time
 
 import torch
 
@@ -50,22 +52,28 @@ def main():
     parser.add_argument("--data-root", default="data/synthetic")
     parser.add_argument("--work-dir", default="work_dirs/occbev_bench")
     parser.add_argument("--pretrain-minutes", type=float, default=12.0, help="Occ-BEV pre-training budget")
+    parser.add_argument("--pretrain-steps", type=int, help="a step budget for pre-training instead of minutes")
     parser.add_argument("--finetune-steps", type=int, default=150, help="optimizer steps of each fine-tuning")
     parser.add_argument("--scenes-fraction", type=float, default=0.25, help="labelled training scenes")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="CPU threads (with --pretrain-steps, two benchmarks may share the cores)")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of both stages")
     parser.add_argument("--rayiou", action="store_true", help="also score RayIoU (slow on a CPU)")
     args = parser.parse_args()
     ensure_synthetic_world(args.data_root)
     targets_dir = os.path.join(args.data_root, "occbev_targets")
     prepare_occbev.main(["--root", args.data_root, "--version", "v1.0-mini", "--out", targets_dir])
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(args.threads)
     lr = f"train.lr={args.lr}"
 
-    print(f"\n=== Occ-BEV pre-training: occbev_pretrain_tiny, {args.pretrain_minutes} minutes ===", flush=True)
+    budget = (["--max-steps", str(args.pretrain_steps)] if args.pretrain_steps
+              else ["--max-minutes", str(args.pretrain_minutes)])
+    print(f"\n=== Occ-BEV pre-training: occbev_pretrain_tiny, {budget[1]} {budget[0][6:]} ===", flush=True)
     pretrain_dir = os.path.join(args.work_dir, "pretrain")
+    started = time.perf_counter()
     pretrain_steps = pretrain_occbev.main(["--config", "occbev_pretrain_tiny", "--data-root", args.data_root,
-                                           "--work-dir", pretrain_dir, "--max-minutes", str(args.pretrain_minutes),
-                                           "--no-val", "--set", lr]).step
+                                           "--work-dir", pretrain_dir, *budget, "--no-val", "--set", lr]).step
+    pretrain_minutes = (time.perf_counter() - started) / 60
     pretrained = str(latest_checkpoint(pretrain_dir))
     geometry_iou, all_occupied_iou = pretrained_geometry_iou(pretrained, args.data_root, targets_dir)
 
@@ -81,7 +89,7 @@ def main():
         results[init] = evaluate.main(["--ckpt", str(latest_checkpoint(work_dir)), "--data-root", args.data_root,
                                        "--out", os.path.join(work_dir, "metrics.json")] + evaluate_extra)
 
-    print(f"\nOcc-BEV pre-training: {pretrain_steps} steps in {args.pretrain_minutes} minutes, validation geometry "
+    print(f"\nOcc-BEV pre-training: {pretrain_steps} steps in {pretrain_minutes:.1f} minutes, validation geometry "
           f"IoU {100 * geometry_iou:.2f} (everything occupied: {100 * all_occupied_iou:.2f})")
     print(f"fine-tuning flashocc_r50_tiny, {args.finetune_steps} steps on {args.scenes_fraction:.0%} of the "
           f"training scenes, validation split, camera mask:")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from occ.config import config_to_dict
+
 CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -34,13 +36,6 @@ def latest_checkpoint(work_dir):
         return None
     steps = {int(m.group(1)): p for p in work_dir.iterdir() if (m := CHECKPOINT_NAME.match(p.name))}
     return steps[max(steps)] if steps else None
-
-
-def config_to_dict(config):
-    """A dataclass or dict config -> JSON-compatible dict (tuples become lists, paths strings)."""
-    if dataclasses.is_dataclass(config):
-        config = dataclasses.asdict(config)
-    return json.loads(json.dumps(config, default=str))
 
 
 def _atomic_write(path, write):

@@ -11,6 +11,7 @@ recomputed after every change and cannot be set by hand.
 """
 import ast
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
@@ -320,7 +321,10 @@ def apply_overrides(cfg, overrides):
 
 
 def config_to_dict(cfg):
-    return dataclasses.asdict(cfg)
+    """A Config (or an already plain dict) -> JSON-compatible dict: tuples become lists."""
+    if dataclasses.is_dataclass(cfg):
+        cfg = dataclasses.asdict(cfg)
+    return json.loads(json.dumps(cfg))
 
 
 def config_from_dict(d):

@@ -28,7 +28,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from datasets.build import move_batch
-from occ.checkpoint import checkpoint_path, config_to_dict, latest_checkpoint
+from occ.checkpoint import checkpoint_path, latest_checkpoint
+from occ.config import config_to_dict
 from occ.ema import EMA
 from occ.engine import (TrainingPosition, build_optimizer, build_scheduler, epoch_batches, make_train_loader,
                         optimizer_steps_per_epoch, resume_training_state, sample_scene_fraction, save_training_state,
