@@ -30,7 +30,7 @@ extension: $(EXT_STAMP)
 test: $(EXT_STAMP)
 	$(PY) -m pytest -q tests
 
-# The demo: the default synthetic world (generated once, ~5 min) -> info files -> train
+# The demo: the default synthetic world (generated once, ~4 min on 2 cores) -> info files -> train
 # effocc_fusion_r18_tiny for DEMO_MINUTES -> evaluate (mIoU table, RayIoU) -> pictures.
 DEMO_DATA ?= data/synthetic
 DEMO_WORK ?= work_dirs/demo
