@@ -48,6 +48,6 @@ def ensure_synthetic_world(root):
     """The default synthetic world (datasets/make_synthetic.py defaults) in `root`, generated when
     its tables are absent, with its info files (for the demo and the benchmarks)."""
     if not os.path.isdir(os.path.join(root, "v1.0-mini")):
-        print(f"generating the default synthetic world in {root} (about 5 minutes on 2 cores)")
+        print(f"generating the default synthetic world in {root} (about 4 minutes on 2 cores)")
         generate(Options(root, workers=min(2, os.cpu_count() or 1)))
     return prepare(root, "v1.0-mini")
