@@ -1,5 +1,5 @@
 """Distillation benchmark (SPEC 3): does a camera-only student learn more from a fusion teacher on
-partly labelled data than from the labels alone? One wall-clock budget per run.
+partly labelled data than from the labels alone? One budget (minutes, or --steps) per run.
 
     python bench/distill.py [--data-root data/synthetic] [--minutes 6] [--teacher-minutes 8]
                             [--labelled-fraction 0.4] [--teacher-ckpt CKPT] [--work-dir work_dirs/distill]
@@ -30,7 +30,7 @@ from datasets.build import default_split, ensure_synthetic_world, info_path  # n
 from datasets.nuscenes_occ import load_infos  # noqa: E402
 from occ.checkpoint import latest_checkpoint  # noqa: E402
 from occ.config import get_config  # noqa: E402
-from occ.loop import scene_fraction  # noqa: E402
+from occ.loop import budget_args, scene_fraction  # noqa: E402
 from occ.metrics import OCC3D_CLASS_NAMES, OCC3D_FREE, format_table  # noqa: E402
 
 TEACHER, CAMERA, STUDENT = "effocc_fusion_r18_tiny", "flashocc_r50_tiny", "distillocc_r50_tiny"
@@ -46,13 +46,9 @@ def parse_args():
     parser.add_argument("--labelled-fraction", type=float, default=0.4)
     parser.add_argument("--teacher-ckpt", help="use this fusion checkpoint instead of training a teacher")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
-                        help="CPU threads (the budgets are in steps, so two benchmarks may share the cores)")
+                        help="CPU threads (with --steps, two benchmarks may share the cores)")
     parser.add_argument("--lr", type=float, default=1e-3, help="train.lr of every run (short budgets)")
     return parser.parse_args()
-
-
-def budget(args, minutes):
-    return ["--max-steps", str(args.steps)] if args.steps else ["--max-minutes", str(minutes)]
 
 
 def student_width_overrides():
@@ -84,7 +80,7 @@ def main():
         work_dir = os.path.join(args.work_dir, "teacher")
         print(f"\n=== fusion teacher {TEACHER} on {fraction} of the scenes ===", flush=True)
         position = train_fusion.main(["--config", TEACHER, "--work-dir", work_dir, "--scenes-fraction", fraction,
-                                      *budget(args, args.teacher_minutes), *common])
+                                      *budget_args(args.steps, args.teacher_minutes), *common])
         teacher_ckpt = str(latest_checkpoint(work_dir))
         runs.append(("fusion teacher", num_labelled, num_labelled, position.step, teacher_ckpt))
 
@@ -99,7 +95,7 @@ def main():
     for index, (name, num_labels, num_samples, script, argv) in enumerate(plans):
         work_dir = os.path.join(args.work_dir, f"{index}_{name.replace(' ', '_')}_{num_labels}")
         print(f"\n=== {name}: {num_labels} labelled of {num_samples} training samples ===", flush=True)
-        position = script.main(["--work-dir", work_dir, *budget(args, args.minutes), *argv])
+        position = script.main(["--work-dir", work_dir, *budget_args(args.steps, args.minutes), *argv])
         runs.append((name, num_labels, num_samples, position.step, str(latest_checkpoint(work_dir))))
 
     results = {}

@@ -28,6 +28,7 @@ import train_fusion  # noqa: E402
 from datasets.build import default_split, ensure_synthetic_world, info_path  # noqa: E402
 from datasets.nuscenes_occ import load_infos, load_occ_gt  # noqa: E402
 from occ.checkpoint import latest_checkpoint  # noqa: E402
+from occ.loop import budget_args  # noqa: E402
 from occ.metrics import OCC3D_CLASS_NAMES, OCC3D_FREE, format_table  # noqa: E402
 
 MODELS = [("fusion", "effocc_fusion_r18_tiny"), ("lidar", "effocc_lidar_tiny"), ("camera", "flashocc_r50_tiny")]
@@ -75,11 +76,12 @@ def main():
         if modality not in args.models:
             continue
         work_dir = os.path.join(args.work_dir, preset)
-        budget = ["--max-steps", str(args.steps)] if args.steps else ["--max-minutes", str(args.minutes)]
-        print(f"\n=== {modality}: {preset}, {budget[1]} {budget[0][6:]} ===", flush=True)
+        budget = f"{args.steps} steps" if args.steps else f"{args.minutes} minutes"
+        print(f"\n=== {modality}: {preset}, {budget} ===", flush=True)
         started = time.perf_counter()
         position = train_fusion.main(["--config", preset, "--data-root", args.data_root, "--work-dir", work_dir,
-                                      *budget, "--no-val", "--set", f"train.lr={args.lr}"])
+                                      *budget_args(args.steps, args.minutes), "--no-val",
+                                      "--set", f"train.lr={args.lr}"])
         minutes[modality] = (time.perf_counter() - started) / 60
         steps[modality] = position.step
         checkpoint = str(latest_checkpoint(work_dir))

@@ -32,6 +32,7 @@ from datasets import prepare_occbev  # noqa: E402
 from datasets.build import default_split, ensure_synthetic_world  # noqa: E402
 from occ.checkpoint import latest_checkpoint, load_checkpoint, model_weights  # noqa: E402
 from occ.config import config_from_dict  # noqa: E402
+from occ.loop import budget_args  # noqa: E402
 from occ.models import build_model  # noqa: E402
 
 
@@ -66,13 +67,14 @@ def main():
     torch.set_num_threads(args.threads)
     lr = f"train.lr={args.lr}"
 
-    budget = (["--max-steps", str(args.pretrain_steps)] if args.pretrain_steps
-              else ["--max-minutes", str(args.pretrain_minutes)])
-    print(f"\n=== Occ-BEV pre-training: occbev_pretrain_tiny, {budget[1]} {budget[0][6:]} ===", flush=True)
+    budget = f"{args.pretrain_steps} steps" if args.pretrain_steps else f"{args.pretrain_minutes} minutes"
+    print(f"\n=== Occ-BEV pre-training: occbev_pretrain_tiny, {budget} ===", flush=True)
     pretrain_dir = os.path.join(args.work_dir, "pretrain")
     started = time.perf_counter()
     pretrain_steps = pretrain_occbev.main(["--config", "occbev_pretrain_tiny", "--data-root", args.data_root,
-                                           "--work-dir", pretrain_dir, *budget, "--no-val", "--set", lr]).step
+                                           "--work-dir", pretrain_dir,
+                                           *budget_args(args.pretrain_steps, args.pretrain_minutes),
+                                           "--no-val", "--set", lr]).step
     pretrain_minutes = (time.perf_counter() - started) / 60
     pretrained = str(latest_checkpoint(pretrain_dir))
     geometry_iou, all_occupied_iou = pretrained_geometry_iou(pretrained, args.data_root, targets_dir)

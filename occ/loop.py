@@ -39,6 +39,12 @@ from occ.metrics import OCC3D_CLASS_NAMES, OCC3D_FREE
 from occ.visualize import gt_vs_pred_image
 
 
+def budget_args(steps, minutes):
+    """The --max-steps / --max-minutes arguments of a training budget: `steps` when given, else `minutes`
+    (for scripts that drive the training scripts, e.g. the benchmarks)."""
+    return ["--max-steps", str(steps)] if steps else ["--max-minutes", str(minutes)]
+
+
 def add_training_args(parser):
     """The command-line options every training script shares."""
     parser.add_argument("--config", required=True, help="preset name, e.g. effocc_fusion_r18 or effocc_fusion_r18_tiny")

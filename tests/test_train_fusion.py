@@ -1,4 +1,5 @@
 """train_fusion.py end to end on the small synthetic world: steps, resume, two processes, errors."""
+import argparse
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import train_fusion
 from datasets import prepare_nuscenes
 from datasets.build import dataset_from_config, info_path
 from occ.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from occ.loop import add_training_args, budget_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = "effocc_lidar_tiny"   # the cheapest model: keeps the suite fast
@@ -46,6 +48,16 @@ def test_resume_after_interruption_gives_the_same_weights(data_root, tmp_path):
     # training moved the weights away from their initial values
     first = load_checkpoint(tmp_path / "resumed" / "step_00000001.pt")
     assert any(not torch.equal(first["model"][k], v) for k, v in straight["model"].items())
+
+
+def test_budget_args_drive_the_training_scripts(data_root, tmp_path):
+    # A step budget wins over minutes and stops training there; without steps the minutes apply.
+    assert train(data_root, tmp_path / "steps", *budget_args(2, 60.0)).step == 2
+    parser = argparse.ArgumentParser()
+    add_training_args(parser)
+    required = ["--config", PRESET, "--data-root", data_root, "--work-dir", str(tmp_path)]
+    minutes = parser.parse_args(required + budget_args(None, 2.5))
+    assert (minutes.max_steps, minutes.max_minutes) == (None, 2.5)
 
 
 def test_scenes_fraction_selects_seeded_scenes(data_root):
