@@ -343,3 +343,49 @@ def test_synthetic_batch_with_any_image_size(synthetic_root, synthetic_infos):
     test_mode = NuScenesOccDataset(synthetic_root, synthetic_infos["mini_val"], train=False, image_size=(128, 352))
     resize = test_mode[0]["post_rot"][:, 0, 0]
     np.testing.assert_allclose(resize.numpy(), 352 / 400)
+
+
+def lift_depth_pixels(view_transformer, sample, bda):
+    """The depth-map pixels of every camera of `sample`, lifted to 3-D by the view transformer's own
+    camera chain (frustum_to_ego) at their LiDAR depth: (K, 3) points in the augmented ego frame."""
+    lifted = []
+    for cam in range(sample["depth_maps"].shape[0]):
+        v, u = torch.nonzero(sample["depth_maps"][cam] > 0, as_tuple=True)
+        depth = sample["depth_maps"][cam, v, u]
+        view_transformer.frustum = torch.stack([u.float(), v.float(), depth], dim=-1).view(1, -1, 1, 3)
+        geometry = [sample[key][None, cam:cam + 1] for key in ("cam2ego", "intrinsics", "post_rot", "post_tran")]
+        lifted.append(view_transformer.frustum_to_ego(*geometry, bda[None]).reshape(-1, 3))
+    return torch.cat(lifted)
+
+
+def fraction_in_occupied_voxels(points, semantics, free=17):
+    index = torch.floor((points - torch.tensor([-40.0, -40.0, -1.0])) / 0.4).long()
+    index = index[((index >= 0) & (index < torch.tensor([200, 200, 16]))).all(dim=1)]
+    assert len(index) > 1000
+    return float((semantics[index[:, 0], index[:, 1], index[:, 2]] != free).float().mean())
+
+
+def test_lifted_depth_pixels_sit_in_occupied_gt_voxels(synthetic_root, synthetic_infos):
+    """The camera chain of the view transformer (image augmentation undone, intrinsics, cam2ego,
+    then bda) agrees with the GT grid under random image and BEV augmentation: the depth-map pixels,
+    lifted at their LiDAR depth, fall into occupied GT voxels; without the sample's bda they do not.
+    (What makes a camera-only model learnable: its BEV features land where the labels are.)"""
+    from occ.models import LSSViewTransformer
+    view_transformer = LSSViewTransformer(8, 1, (128, 352), 16, (1.0, 45.0, 0.5), (-40, -40, -1, 40, 40, 5.4), 0.4,
+                                          use_lidar_depth=False)
+    # key-frame points only: sweep points of moving objects are not where the key-frame GT has them
+    dataset = NuScenesOccDataset(synthetic_root, synthetic_infos["mini_train"], train=True, image_size=(128, 352),
+                                 num_sweeps=0)
+    torch.manual_seed(1)
+    flipped = []
+    for step in range(8):
+        sample = dataset[step % len(dataset)]
+        assert not torch.equal(sample["post_rot"][0], sample["post_rot"][1])  # augmented per camera
+        right = fraction_in_occupied_voxels(lift_depth_pixels(view_transformer, sample, sample["bda"]),
+                                            sample["semantics"])
+        assert right > 0.99
+        if not torch.equal(sample["bda"], torch.eye(4)):
+            wrong = fraction_in_occupied_voxels(lift_depth_pixels(view_transformer, sample, torch.eye(4)),
+                                                sample["semantics"])
+            flipped.append((right, wrong))
+    assert flipped and all(wrong < right - 0.1 for right, wrong in flipped)
