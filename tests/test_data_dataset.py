@@ -11,6 +11,7 @@ from scipy.spatial import cKDTree
 
 from datasets import prepare_nuscenes
 from datasets.nuscenes_occ import NuScenesOccDataset, collate, load_infos
+from datasets.occbev_targets import voxel_indices
 
 REAL_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "nuscenes-real")
 VERSION = "v1.0-trainval"
@@ -320,8 +321,7 @@ def test_synthetic_points_sit_in_occupied_gt_voxels(synthetic_root, synthetic_in
     for step in range(8):
         sample = dataset[step % len(dataset)]
         flips.add(tuple(sample["bda"].diagonal()[:2].tolist()))
-        index = np.floor((sample["points"][:, :3].numpy() - [-40, -40, -1]) / 0.4).astype(int)
-        index = index[((index >= 0) & (index < [200, 200, 16])).all(axis=1)]
+        index = voxel_indices(sample["points"].numpy())
         assert len(index) > 5000
         assert (sample["semantics"].numpy()[tuple(index.T)] != free).mean() > 0.99
         assert sample["mask_lidar"].numpy()[tuple(index.T)].mean() > 0.99
@@ -359,10 +359,9 @@ def lift_depth_pixels(view_transformer, sample, bda):
 
 
 def fraction_in_occupied_voxels(points, semantics, free=17):
-    index = torch.floor((points - torch.tensor([-40.0, -40.0, -1.0])) / 0.4).long()
-    index = index[((index >= 0) & (index < torch.tensor([200, 200, 16]))).all(dim=1)]
+    index = voxel_indices(points.numpy())
     assert len(index) > 1000
-    return float((semantics[index[:, 0], index[:, 1], index[:, 2]] != free).float().mean())
+    return float((semantics.numpy()[tuple(index.T)] != free).mean())
 
 
 def test_lifted_depth_pixels_sit_in_occupied_gt_voxels(synthetic_root, synthetic_infos):
