@@ -12,30 +12,28 @@ the split in test mode (no augmentation, nearest sweeps); --save-pred writes its
 the Occ3D submission format, one <sample_token>.npz per sample holding `semantics`, a uint8
 (200, 200, 16) array. With --pred-dir such a folder is scored (the key `semantics`, or the single
 array of the file); every sample of the split must be there.
-Metrics are defined in occ/metrics.py (SPEC section 8); the run is deterministic.
+Metrics are defined in occ/metrics.py (docs/metrics.md); the run is deterministic.
 """
-import argparse
 import json
 import math
 import os
-import sys
+
+import cli  # noqa: F401  (first: quiets third-party warnings before they are imported)
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from datasets.build import dataset_from_config, default_split, info_path
-from datasets.nuscenes_occ import GRID_SHAPE, load_infos, load_occ_gt
-from occ.checkpoint import CheckpointError
-from occ.evaluation import build_model_from_checkpoint, predict
-from occ.metrics import OCC3D_CLASS_NAMES, OCC3D_FREE, OccupancyMetric, RayIoUMetric, format_table, scene_lidar_origins
+from datasets.nuscenes_occ import collate, load_infos, load_occ_gt
+from occ import occ3d
+from occ.errors import UsageError
+from occ.evaluation import MASKS, build_model_from_checkpoint, predict, score_occupancy
+from occ.metrics import format_table, scene_lidar_origins
 from occ.visualize import gt_vs_pred_image, save_png, voxel_render
-
-MASKS = {"camera": "mask_camera", "lidar": "mask_lidar", "none": None}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser_for(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="checkpoint written by a training script")
     source.add_argument("--pred-dir", help="folder of Occ3D-format <sample_token>.npz predictions")
@@ -56,30 +54,41 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.pred_dir and (args.no_ema or args.save_pred):
         parser.error("--no-ema and --save-pred only apply to --ckpt")
+    if args.out and os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a folder; give the path of the JSON file to write")
+    for name in ("save_pred", "vis_dir"):
+        folder = getattr(args, name)
+        if folder and os.path.exists(folder) and not os.path.isdir(folder):
+            raise UsageError(f"--{name.replace('_', '-')} {folder} is a file, not a folder")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     return args
 
 
 # ------------------------------------------------------------------------------- predictions
 def load_prediction(path):
-    """An Occ3D submission file -> uint8 (200, 200, 16); clear errors naming the file."""
-    try:
-        with np.load(path) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as error:
-        raise ValueError(f"unreadable prediction {path}: {error}") from error
+    """An Occ3D submission file -> uint8 (200, 200, 16); FileNotFoundError when it is missing,
+    occ.errors.DataError naming the file when it is empty, truncated, corrupt or holds the wrong
+    arrays, shape, dtype or labels."""
+    from datasets.nuscenes_occ import read_npz  # noqa: local imports keep this edit to one function
+    from occ.errors import DataError
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"prediction not found: {path}")
+    arrays = read_npz(path, "prediction")  # BadZipFile, EOFError, zlib.error... -> DataError
     if "semantics" in arrays:
         pred = arrays["semantics"]
     elif len(arrays) == 1:
         pred = next(iter(arrays.values()))
     else:
-        raise ValueError(f"prediction {path} holds {sorted(arrays)}: expected 'semantics' or a single array")
-    if pred.shape != GRID_SHAPE:
-        raise ValueError(f"prediction {path} has shape {pred.shape}, expected {GRID_SHAPE}")
+        raise DataError(f"prediction {path} holds {sorted(arrays)}: expected 'semantics' or a single array")
+    if pred.shape != occ3d.GRID_SHAPE:
+        raise DataError(f"prediction {path} has shape {pred.shape}, expected {occ3d.GRID_SHAPE}")
     if not np.issubdtype(pred.dtype, np.integer):
-        raise ValueError(f"prediction {path} has dtype {pred.dtype}, expected integer labels (uint8)")
-    if pred.min() < 0 or pred.max() > OCC3D_FREE:
-        raise ValueError(f"prediction {path} holds labels outside [0, {OCC3D_FREE}]: "
-                         f"min {pred.min()}, max {pred.max()}")
+        raise DataError(f"prediction {path} has dtype {pred.dtype}, expected integer labels (uint8)")
+    if pred.min() < 0 or pred.max() > occ3d.FREE:
+        raise DataError(f"prediction {path} holds labels outside [0, {occ3d.FREE}]: "
+                        f"min {pred.min()}, max {pred.max()}")
     return pred.astype(np.uint8)
 
 
@@ -103,52 +112,41 @@ def check_prediction_folder(pred_dir, infos):
     return len(present - set(tokens))
 
 
-def folder_predictions(pred_dir, infos):
-    """Yields (info, prediction) in info order."""
+def folder_samples(pred_dir, infos, data_root, gt_dir=occ3d.GT_DIR):
+    """Scored-sample dicts (occ.evaluation) of a prediction folder and the GT files, in info order."""
     for info in infos:
-        yield info, load_prediction(os.path.join(pred_dir, f"{info['token']}.npz"))
+        gt = load_occ_gt(occ3d.gt_path(data_root, info["scene_name"], info["token"], gt_dir))
+        pred = load_prediction(os.path.join(pred_dir, f"{info['token']}.npz"))
+        yield {"sample_token": info["token"], "pred": pred, **gt}
 
 
-# ----------------------------------------------------------------------------------- scoring
-def draw_sample(vis_dir, token, gt, pred):
-    """<token>_bev.png (GT vs prediction, camera-hidden columns greyed) and <token>_3d.png (prediction)."""
-    save_png(gt_vs_pred_image(gt["semantics"], pred, gt["mask_camera"]), os.path.join(vis_dir, f"{token}_bev.png"))
-    save_png(voxel_render(pred), os.path.join(vis_dir, f"{token}_3d.png"))
+def model_samples(args, path):
+    """Scored-sample dicts of the checkpoint's model on the split (its GT read by the dataset)."""
+    torch.manual_seed(0)
+    model, cfg = build_model_from_checkpoint(args.ckpt, not args.no_ema, args.device)
+    print(f"model {cfg.name} from {args.ckpt} ({'raw' if args.no_ema else 'EMA'} weights) on {args.device}")
+    dataset = dataset_from_config(cfg, args.data_root, path, train=False, load_gt=True)
+    return predict(model, dataset, args.device, collate, args.batch_size, args.num_workers)
 
 
-def score(predictions, infos, data_root, mask="camera", rayiou=True, occ_gt_dir="gts", save_pred=None,
-          vis_dir=None, vis_samples=0):
-    """predictions: iterable of (info, uint8 (200, 200, 16)) covering `infos`. Returns the metrics
-    dict (see `report`), NaN where a class is absent from both GT and prediction."""
-    occupancy = OccupancyMetric()
-    rays = RayIoUMetric() if rayiou else None
-    origins = scene_lidar_origins(infos) if rayiou else None
-    for index, (info, pred) in enumerate(tqdm(predictions, total=len(infos), desc="evaluate", unit="sample")):
-        gt = load_occ_gt(os.path.join(data_root, occ_gt_dir, info["scene_name"], info["token"], "labels.npz"))
-        if vis_dir and index < vis_samples:
-            draw_sample(vis_dir, info["token"], gt, pred)
-        occupancy.update(pred, gt["semantics"], gt[MASKS[mask]] if MASKS[mask] else None)
-        if rays is not None:
-            rays.update(pred, gt["semantics"], origins[info["token"]])
-        if save_pred:
-            save_prediction(save_pred, info["token"], pred)
-    result = occupancy.compute()
-    metrics = {"num_samples": len(infos), "mask": mask, "miou": result["miou"],
-               "geometry_iou": result["geometry_iou"],
-               "per_class": {name: {"iou": iou} for name, iou in zip(OCC3D_CLASS_NAMES, result["iou"])}}
-    if rays is not None:
-        ray_result = rays.compute()
-        for key in ("rayiou", "rayiou@1", "rayiou@2", "rayiou@4"):
-            metrics[key] = ray_result[key]
-        for threshold in ("1", "2", "4"):
-            for name, iou in zip(OCC3D_CLASS_NAMES, ray_result[f"iou@{threshold}"]):
-                metrics["per_class"][name][f"rayiou@{threshold}"] = iou
-    return metrics
+def sample_writer(args):
+    """on_sample(index, sample) of occ.evaluation.score_occupancy: pictures of the first
+    --vis-samples samples, predictions to --save-pred."""
+    def on_sample(index, sample):
+        token, pred = sample["sample_token"], sample["pred"]
+        if args.vis_dir and index < args.vis_samples:
+            os.makedirs(args.vis_dir, exist_ok=True)
+            picture = gt_vs_pred_image(sample["semantics"], pred, sample["mask_camera"])
+            save_png(picture, os.path.join(args.vis_dir, f"{token}_bev.png"))
+            save_png(voxel_render(pred), os.path.join(args.vis_dir, f"{token}_3d.png"))
+        if args.save_pred:
+            save_prediction(args.save_pred, token, pred)
+    return on_sample
 
 
 def report(metrics):
     """The per-class table and the summary lines, as text."""
-    names = OCC3D_CLASS_NAMES[:OCC3D_FREE]
+    names = occ3d.CLASS_NAMES[:occ3d.FREE]
     columns = {"IoU": [metrics["per_class"][n]["iou"] for n in names]}
     means = {"IoU": metrics["miou"]}
     if "rayiou" in metrics:
@@ -179,22 +177,16 @@ def main(argv=None):
     path = args.info or info_path(args.data_root, split)
     infos = load_infos(path)
     if not infos:
-        raise ValueError(f"info file {path} holds no samples")
-    occ_gt_dir = "gts"
+        raise UsageError(f"info file {path} holds no samples")
     if args.pred_dir:
         extra = check_prediction_folder(args.pred_dir, infos)
         if extra:
             print(f"note: {extra} prediction files in {args.pred_dir} are not samples of {path}; not scored")
-        predictions = folder_predictions(args.pred_dir, infos)
+        samples = folder_samples(args.pred_dir, infos, args.data_root)
     else:
-        torch.manual_seed(0)
-        model, cfg = build_model_from_checkpoint(args.ckpt, not args.no_ema, args.device)
-        print(f"model {cfg.name} from {args.ckpt} ({'raw' if args.no_ema else 'EMA'} weights) on {args.device}")
-        occ_gt_dir = cfg.data.occ_gt_dir
-        predictions = predict(model, dataset_from_config(cfg, args.data_root, path, train=False, load_gt=False), args.device, args.batch_size,
-                              args.num_workers)
-    metrics = score(predictions, infos, args.data_root, args.mask, not args.no_rayiou, occ_gt_dir, args.save_pred,
-                    args.vis_dir, args.vis_samples)
+        samples = model_samples(args, path)
+    origins = None if args.no_rayiou else scene_lidar_origins(infos)
+    metrics = score_occupancy(samples, args.mask, origins, total=len(infos), on_sample=sample_writer(args))
     metrics["split"], metrics["info_file"] = split, path
     metrics["source"] = args.pred_dir or args.ckpt
     print(report(metrics))
@@ -211,7 +203,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, CheckpointError) as error:
-        sys.exit(f"error: {error}")
+    cli.run_main(main)

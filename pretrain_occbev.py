@@ -1,4 +1,4 @@
-"""Occ-BEV pre-training (SPEC 5): the camera BEV model learns to reconstruct 3-D geometry from the
+"""Occ-BEV pre-training (docs/training.md#occ-bev-pre-training): the camera BEV model learns to reconstruct 3-D geometry from the
 images, with binary occupancy targets made from accumulated, unlabelled LiDAR.
 
     python datasets/prepare_occbev.py --root data/nuscenes --version v1.0-trainval     # targets, once
@@ -16,41 +16,47 @@ semantic label is read). The targets live in <data-root>/occbev_targets (--targe
 fine-tuning model's. Loss: sigmoid focal (alpha 0.25, gamma 2) over every voxel. Validation: the
 geometry IoU of the prediction (EMA weights) against the targets of the validation split.
 """
-import argparse
 import os
-import sys
+
+import cli  # noqa: F401  (first: quiets third-party warnings before they are imported)
 
 import numpy as np
 import torch
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from datasets.build import dataset_from_config, default_split, info_path, move_batch
+from datasets.build import dataset_from_config
 from datasets.nuscenes_occ import collate
 from datasets.occbev_targets import load_occbev_target, occbev_target_path
 from datasets.transforms import flip_grid
-from occ.checkpoint import CheckpointError
+from occ import occ3d
 from occ.config import apply_overrides, get_config
+from occ.data import move_batch
+from occ.loop import evaluate_with_ema, fit, setup_run
+from occ.errors import UsageError
 from occ.losses import occupancy_focal_loss
-from occ.loop import add_training_args, evaluate_with_ema, fit, setup_run
-from occ.metrics import OCC3D_FREE
 from occ.models import build_model
 from occ.visualize import bev_semantic_map, titled
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_args(parser)
+    parser = cli.parser_for(__doc__)
+    cli.add_training_args(parser)
     parser.add_argument("--targets-dir", help="cached targets of datasets/prepare_occbev.py "
                                               "(default DATA_ROOT/occbev_targets)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    cli.check_training_args(args)
+    return args
 
 
 def build_config(args):
     cfg = get_config(args.config)
     apply_overrides(cfg, args.set)
+    if cfg.train.loss != "focal":
+        raise UsageError(f"train.loss={cfg.train.loss!r} is not implemented by pretrain_occbev.py: Occ-BEV "
+                         f"pre-training uses the sigmoid focal loss (train.loss='focal')")
     if cfg.model.head != "geometry" or cfg.model.modality != "camera":
-        raise ValueError(f"--config {args.config} is a {cfg.model.modality} model with a '{cfg.model.head}' "
+        raise UsageError(f"--config {args.config} is a {cfg.model.modality} model with a '{cfg.model.head}' "
                          f"head; Occ-BEV pre-trains a camera model with the geometry decoder "
                          f"(occbev_pretrain, occbev_pretrain_tiny)")
     return cfg
@@ -73,7 +79,7 @@ class WithOccBEVTargets(torch.utils.data.Dataset):
 
     def __init__(self, dataset, targets_dir):
         if dataset.load_gt:
-            raise ValueError("Occ-BEV pre-training reads no semantic labels: build the dataset with load_gt=False")
+            raise UsageError("Occ-BEV pre-training reads no semantic labels: build the dataset with load_gt=False")
         missing = [info["token"] for info in dataset.infos
                    if not occbev_target_path(targets_dir, info["token"]).is_file()]
         if missing:
@@ -87,6 +93,9 @@ class WithOccBEVTargets(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.dataset)
 
+    def set_epoch(self, epoch):
+        self.dataset.set_epoch(epoch)
+
     def __getitem__(self, index):
         sample = self.dataset[index]
         flip_x, flip_y = bev_flips(sample["bda"])
@@ -95,14 +104,15 @@ class WithOccBEVTargets(torch.utils.data.Dataset):
         return sample
 
 
-def occbev_dataset(cfg, data_root, split, train, targets_dir):
-    dataset = dataset_from_config(cfg, data_root, info_path(data_root, split), train=train, load_gt=False)
+def occbev_dataset(cfg, data_root, info_file, train, targets_dir, skip_bad_samples=False):
+    dataset = dataset_from_config(cfg, data_root, info_file, train=train, load_gt=False,
+                                  skip_bad_samples=skip_bad_samples)
     return WithOccBEVTargets(dataset, targets_dir)
 
 
 # ------------------------------------------------------------------------- loss and metric
 def occbev_loss(model, batch):
-    """loss_fn(model, batch) of occ.loop.fit: the focal loss over every voxel (SPEC 5)."""
+    """loss_fn(model, batch) of occ.loop.fit: the focal loss over every voxel (docs/training.md#occ-bev-pre-training)."""
     return {"loss_focal": occupancy_focal_loss(model(batch)["geo_logits"], batch["occupied"])}
 
 
@@ -132,7 +142,7 @@ def geometry_scores(model, dataset, device, batch_size=1):
 
 def geometry_picture(target, predicted):
     """Bird's-eye picture of a target and a prediction side by side (occupied columns black)."""
-    as_labels = [np.where(grid, 0, OCC3D_FREE) for grid in (target, predicted)]
+    as_labels = [np.where(grid, 0, occ3d.FREE) for grid in (target, predicted)]
     left = titled(bev_semantic_map(as_labels[0], scale=2), "LiDAR target")
     right = titled(bev_semantic_map(as_labels[1], scale=2), "prediction")
     return np.concatenate([left, np.full((left.shape[0], 8, 3), 255, np.uint8), right], axis=1)
@@ -157,24 +167,21 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_config(args)
     targets_dir = args.targets_dir or os.path.join(args.data_root, "occbev_targets")
-    train_split = args.train_split or default_split(args.data_root, "train")
-    train_set = occbev_dataset(cfg, args.data_root, train_split, True, targets_dir)
+    train_split, train_info = cli.info_file(args, "train")
+    train_set = occbev_dataset(cfg, args.data_root, train_info, True, targets_dir, args.skip_bad_samples)
     val_set = None
     if not args.no_val:
-        val_split = args.val_split or default_split(args.data_root, "val")
-        val_set = occbev_dataset(cfg, args.data_root, val_split, False, targets_dir)
+        val_set = occbev_dataset(cfg, args.data_root, cli.info_file(args, "val")[1], False, targets_dir)
 
     set_seed(cfg.train.seed)  # seeded initial weights (and the same on every process)
     model = build_model(cfg)
-    run = setup_run(args, cfg, model, train_set, collate)
+    settings = cli.run_settings(args, "targets_dir")
+    run = setup_run(cfg, model, train_set, collate, **cli.setup_options(args, settings, __file__, argv))
     run.log(f"{cfg.name}: {len(train_set)} training samples ({train_split}, every scene, no labels), "
             f"{len(val_set) if val_set else 0} validation samples, targets in {targets_dir}, "
             f"{run.accelerator.num_processes} process(es)")
-    return fit(run, args, occbev_loss, make_validate(val_set) if val_set else None)
+    return fit(run, occbev_loss, make_validate(val_set) if val_set else None, **cli.fit_options(args))
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, CheckpointError) as error:
-        sys.exit(f"error: {error}")
+    cli.run_main(main)

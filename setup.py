@@ -31,7 +31,9 @@ setup(
     name="occ",
     version="0.1.0",
     description="Plain-PyTorch LiDAR-camera 3-D occupancy prediction (EFFOcc, FlashOcc, Occ-BEV)",
-    packages=find_packages(include=["occ", "occ.*", "datasets", "datasets.*"]),
+    # Only the library: the scripts and their data readers (datasets/, whose name would shadow the
+    # Hugging Face `datasets` package in a user's environment) run from the repository root.
+    packages=find_packages(include=["occ", "occ.*"]),
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
 )

@@ -6,8 +6,12 @@ holds on a busy shared machine, where samples/s does not).
     python bench/data.py [--data-root data/synthetic] [--samples 24] [--workers 0 1 2]
 
 With the default data root, data/synthetic (ignored by git), the default synthetic world is
-generated there on the first run (datasets/build.ensure_synthetic_world, shared with `make demo`
-and the other benchmarks). Another root needs its info file (--info).
+generated there on the first run (bench/common.ensure_synthetic_world, shared with the other
+benchmarks). Another root needs its info file (--info).
+
+The one benchmark that imports dataset code: it measures the dataset reader itself
+(datasets.nuscenes_occ.NuScenesOccDataset and its collate); the others drive the scripts only
+through their main(argv) and otherwise import occ/.
 """
 import argparse
 import os
@@ -18,8 +22,8 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from datasets.build import ensure_synthetic_world  # noqa: E402
-from datasets.nuscenes_occ import NuScenesOccDataset, collate  # noqa: E402
+from bench.common import ensure_synthetic_world  # noqa: E402
+from datasets.nuscenes_occ import NuScenesOccDataset, collate  # noqa: E402  (what this benchmark measures)
 
 
 def cpu_seconds_per_sample(dataset, num_samples):

@@ -1,4 +1,4 @@
-"""Distillation benchmark (SPEC 3): does a camera-only student learn more from a fusion teacher on
+"""Distillation benchmark (docs/training.md#distillocc): does a camera-only student learn more from a fusion teacher on
 partly labelled data than from the labels alone? One budget (minutes, or --steps) per run.
 
     python bench/distill.py [--data-root data/synthetic] [--minutes 6] [--teacher-minutes 8]
@@ -10,9 +10,9 @@ the tiny presets:
   2. camera-only on the labelled scenes alone (train_fusion.py --scenes-fraction F);
   3. the distilled student on the same labelled scenes + the unlabelled rest (train_distill.py);
   4. camera-only on every scene, all labelled.
-The labelled scenes are the seeded sample of SPEC 3 (seed 42) in every run. The camera-only runs
+The labelled scenes are the seeded sample of docs/training.md#label-efficiency (seed 42) in every run. The camera-only runs
 use the student's architecture (flashocc_r50_tiny with a 64-channel BEV output, as
-distillocc_r50_tiny). Each run is scored with evaluate.py's functions (EMA weights, camera mask,
+distillocc_r50_tiny). Each run is scored with evaluate.py (EMA weights, camera mask,
 validation split, no RayIoU); the script prints the per-class IoU and one line per run.
 """
 import argparse
@@ -26,12 +26,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate  # noqa: E402
 import train_distill  # noqa: E402
 import train_fusion  # noqa: E402
-from datasets.build import default_split, ensure_synthetic_world, info_path  # noqa: E402
-from datasets.nuscenes_occ import load_infos  # noqa: E402
+from bench.common import default_split, ensure_synthetic_world, split_samples  # noqa: E402
+from cli import budget_args  # noqa: E402
+from occ import occ3d  # noqa: E402
 from occ.checkpoint import latest_checkpoint  # noqa: E402
 from occ.config import get_config  # noqa: E402
-from occ.loop import budget_args, scene_fraction  # noqa: E402
-from occ.metrics import OCC3D_CLASS_NAMES, OCC3D_FREE, format_table  # noqa: E402
+from occ.data import scene_fraction  # noqa: E402
+from occ.metrics import format_table  # noqa: E402
 
 TEACHER, CAMERA, STUDENT = "effocc_fusion_r18_tiny", "flashocc_r50_tiny", "distillocc_r50_tiny"
 
@@ -62,7 +63,8 @@ def main():
         sys.exit(f"error: --work-dir {args.work_dir} is not empty; remove it or pass another one")
     ensure_synthetic_world(args.data_root)
     torch.set_num_threads(args.threads)
-    train_infos = load_infos(info_path(args.data_root, default_split(args.data_root, "train")))
+    # the training key frames ({token, scene_token, scene_name}), as the scripts' default train split
+    train_infos = split_samples(args.data_root, default_split(args.data_root, "train"))
     num_scenes = len({info["scene_token"] for info in train_infos})
     labelled = scene_fraction(train_infos, args.labelled_fraction)
     if len(labelled) == num_scenes:
@@ -105,7 +107,7 @@ def main():
             ["--ckpt", checkpoint, "--data-root", args.data_root, "--no-rayiou",
              "--out", os.path.join(os.path.dirname(checkpoint), "metrics.json")]))
 
-    names = OCC3D_CLASS_NAMES[:OCC3D_FREE]
+    names = occ3d.CLASS_NAMES[:occ3d.FREE]
     columns = {f"run {i}": [m["per_class"][n]["iou"] for n in names] for i, (_, _, m) in enumerate(results.values())}
     print("\nper-class IoU (camera mask), validation split")
     print(format_table(names, columns, {f"run {i}": m["miou"] for i, (_, _, m) in enumerate(results.values())}))

@@ -5,9 +5,9 @@
 
 Stages: image backbone + neck, view transform (depth net + BEV pooling), LiDAR branch
 (voxelisation + sparse encoder), BEV encoder (fuser + BEV encoder), head. Inference mode (eval,
-no_grad), random inputs shaped like a real sample (`occ.models.example_batch`, 6 cameras, LiDAR-like
-points); the frustum ranks are computed in the warm-up and reused (fixed calibration). Every
-(preset, device, precision) runs in a fresh process so that its peak memory is its own: peak RSS on
+no_grad), random inputs shaped like a real sample (`occ.models.example_inputs.example_batch`, 6
+cameras, LiDAR-like points); the frustum ranks are computed in the warm-up and reused (fixed
+calibration). Every (preset, device, precision) runs in a fresh process so that its peak memory is its own: peak RSS on
 CPU, peak allocated CUDA memory on GPU. fp16 = CUDA autocast. Prints a markdown table.
 """
 import argparse
@@ -15,6 +15,7 @@ import concurrent.futures
 import multiprocessing
 import os
 import resource
+import statistics
 import sys
 import time
 
@@ -23,7 +24,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from occ.config import PRESETS, get_config
-from occ.models import build_model, example_batch
+from occ.models import build_model
+from occ.models.example_inputs import example_batch
 
 STAGES = ("image", "view", "lidar", "bev", "head")
 
@@ -61,7 +63,7 @@ def add_stage_timers(model, device, elapsed):
 
 
 def run_one(preset, device_name, fp16, iters, warmup, threads, num_points):
-    """One preset on one device: mean seconds per stage and in total, peak memory in MiB."""
+    """One preset on one device: mean seconds per stage and in total, the median total, peak memory in MiB."""
     torch.set_num_threads(threads)
     device = torch.device(device_name)
     cfg = get_config(preset)
@@ -90,7 +92,7 @@ def run_one(preset, device_name, fp16, iters, warmup, threads, num_points):
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"stages": {k: v / iters for k, v in elapsed.items()}, "total": sum(totals[warmup:]) / iters,
-            "peak_mib": peak_mib, "params": params}
+            "median": statistics.median(totals[warmup:]), "peak_mib": peak_mib, "params": params}
 
 
 def run_in_fresh_process(*args):

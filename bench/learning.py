@@ -8,10 +8,11 @@ world (generated with datasets/make_synthetic.py and prepared when absent) for t
 minutes each, or with --steps for the same number of optimizer steps (on a CPU a fusion step costs
 about twice a LiDAR-only step, so equal minutes favour the LiDAR-only model; equal steps compare
 what each model learns from the same samples), all at one learning rate. Scores each with
-evaluate.py's functions (EMA weights, camera mask) and prints the per-class IoU table and one line
-per model: name, modality, steps, minutes, mIoU, geometry IoU, RayIoU.
+evaluate.py (EMA weights, camera mask) and prints the per-class IoU table and one line per model:
+name, modality, steps, minutes, mIoU, geometry IoU, RayIoU.
 Two trivial predictors give the floor: everything free, and the most frequent occupied class of
-the training GT everywhere.
+the training GT everywhere; their predictions are written to WORK_DIR/floor_* (Occ3D submission
+format) and scored by evaluate.py --pred-dir.
 """
 import argparse
 import os
@@ -25,27 +26,35 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import evaluate  # noqa: E402
 import train_fusion  # noqa: E402
-from datasets.build import default_split, ensure_synthetic_world, info_path  # noqa: E402
-from datasets.nuscenes_occ import load_infos, load_occ_gt  # noqa: E402
+from bench.common import default_split, ensure_synthetic_world, split_samples  # noqa: E402
+from cli import budget_args  # noqa: E402
+from occ import occ3d  # noqa: E402
 from occ.checkpoint import latest_checkpoint  # noqa: E402
-from occ.loop import budget_args  # noqa: E402
-from occ.metrics import OCC3D_CLASS_NAMES, OCC3D_FREE, format_table  # noqa: E402
+from occ.metrics import format_table  # noqa: E402
 
 MODELS = [("fusion", "effocc_fusion_r18_tiny"), ("lidar", "effocc_lidar_tiny"), ("camera", "flashocc_r50_tiny")]
 
 
-def majority_class(data_root, infos):
-    """The most frequent occupied (non-free) class inside the camera mask of the training GT."""
-    counts = np.zeros(OCC3D_FREE + 1, dtype=np.int64)
-    for info in infos:
-        gt = load_occ_gt(os.path.join(data_root, "gts", info["scene_name"], info["token"], "labels.npz"))
-        counts += np.bincount(gt["semantics"][gt["mask_camera"]], minlength=OCC3D_FREE + 1)
-    return int(np.argmax(counts[:OCC3D_FREE]))
+def majority_class(data_root, samples):
+    """The most frequent occupied (non-free) class inside the camera mask of the training GT (the
+    Occ3D labels.npz files: `semantics`, `mask_camera`)."""
+    counts = np.zeros(occ3d.NUM_CLASSES, dtype=np.int64)
+    for sample in samples:
+        with np.load(occ3d.gt_path(data_root, sample["scene_name"], sample["token"])) as gt:
+            semantics, mask = gt["semantics"], gt["mask_camera"].astype(bool)
+        counts += np.bincount(semantics[mask].astype(np.int64), minlength=occ3d.NUM_CLASSES)
+    return int(np.argmax(counts[:occ3d.FREE]))
 
 
-def constant_predictor(infos, label):
-    grid = np.full((200, 200, 16), label, dtype=np.uint8)
-    return ((info, grid) for info in infos)
+def score_constant(data_root, samples, label, pred_dir):
+    """evaluate.py's metrics of predicting `label` everywhere: one <sample_token>.npz (`semantics`,
+    uint8, the Occ3D submission format) per sample in pred_dir, scored with --pred-dir."""
+    os.makedirs(pred_dir, exist_ok=True)
+    grid = np.full(occ3d.GRID_SHAPE, label, dtype=np.uint8)
+    for sample in samples:
+        np.savez_compressed(os.path.join(pred_dir, f"{sample['token']}.npz"), semantics=grid)
+    return evaluate.main(["--pred-dir", pred_dir, "--data-root", data_root,
+                          "--out", os.path.join(pred_dir, "metrics.json")])
 
 
 def main():
@@ -63,13 +72,14 @@ def main():
     ensure_synthetic_world(args.data_root)
     torch.set_num_threads(args.threads)
 
-    val_infos = load_infos(info_path(args.data_root, default_split(args.data_root, "val")))
-    train_infos = load_infos(info_path(args.data_root, default_split(args.data_root, "train")))
-    majority = majority_class(args.data_root, train_infos)
+    val_samples = split_samples(args.data_root, default_split(args.data_root, "val"))
+    train_samples = split_samples(args.data_root, default_split(args.data_root, "train"))
+    majority = majority_class(args.data_root, train_samples)
     results = {
-        "all free": evaluate.score(constant_predictor(val_infos, OCC3D_FREE), val_infos, args.data_root),
-        f"majority ({OCC3D_CLASS_NAMES[majority]})": evaluate.score(constant_predictor(val_infos, majority),
-                                                                   val_infos, args.data_root),
+        "all free": score_constant(args.data_root, val_samples, occ3d.FREE,
+                                   os.path.join(args.work_dir, "floor_all_free")),
+        f"majority ({occ3d.CLASS_NAMES[majority]})": score_constant(
+            args.data_root, val_samples, majority, os.path.join(args.work_dir, "floor_majority")),
     }
     steps, minutes = {}, {}
     for modality, preset in MODELS:
@@ -88,7 +98,7 @@ def main():
         results[f"{modality} ({preset})"] = evaluate.main(["--ckpt", checkpoint, "--data-root", args.data_root,
                                                             "--out", os.path.join(work_dir, "metrics.json")])
 
-    names = OCC3D_CLASS_NAMES[:OCC3D_FREE]
+    names = occ3d.CLASS_NAMES[:occ3d.FREE]
     columns = {key.split(" ")[0]: [m["per_class"][n]["iou"] for n in names] for key, m in results.items()}
     print("\nper-class IoU (camera mask), validation split")
     print(format_table(names, columns, {key.split(" ")[0]: m["miou"] for key, m in results.items()}))

@@ -1,4 +1,4 @@
-"""Occ-BEV transfer benchmark (SPEC 5): does geometry pre-training help a camera-only model that has
+"""Occ-BEV transfer benchmark (docs/training.md#occ-bev-pre-training): does geometry pre-training help a camera-only model that has
 few labels?
 
     python bench/occbev.py [--data-root data/synthetic] [--work-dir work_dirs/occbev_bench]
@@ -8,8 +8,13 @@ few labels?
 1. Pre-trains occbev_pretrain_tiny for --pretrain-minutes (or --pretrain-steps) on every training
    scene (images and LiDAR-made geometry targets, no labels) and scores its geometry IoU on the
    validation split (EMA weights, every voxel), next to the floor of predicting everything occupied.
+   The IoU is pretrain_occbev.py's own validation at the last step (--val-every), read back from
+   its TensorBoard log; with --pretrain-minutes the number of steps is only known at the end, so the
+   run is resumed for one more step, which validates (the fine-tuning starts from that step).
+   The floor counts the occupied voxels of the cached validation targets (<sample_token>.npz,
+   `occupied` bit-packed along z).
 2. Fine-tunes flashocc_r50_tiny on --scenes-fraction of the training scenes (the seeded labelled
-   scenes of SPEC 3/4) twice with the same number of optimizer steps: from the pre-trained
+   scenes of docs/training.md#label-efficiency) twice with the same number of optimizer steps: from the pre-trained
    backbone, neck, view transformer and BEV encoder (train_fusion.py --init-from), and from scratch.
 3. Scores both with evaluate.py (EMA weights, camera mask) and prints the table.
 Both stages use --lr (the presets' 2e-4 / 1e-4 are meant for 24 epochs, not minutes). The default
@@ -21,31 +26,63 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import evaluate  # noqa: E402
 import pretrain_occbev  # noqa: E402
 import train_fusion  # noqa: E402
-from datasets import prepare_occbev  # noqa: E402
-from datasets.build import default_split, ensure_synthetic_world  # noqa: E402
-from occ.checkpoint import latest_checkpoint, load_checkpoint, model_weights  # noqa: E402
-from occ.config import config_from_dict  # noqa: E402
-from occ.loop import budget_args  # noqa: E402
-from occ.models import build_model  # noqa: E402
+from bench.common import default_split, ensure_synthetic_world, split_samples  # noqa: E402
+from cli import budget_args  # noqa: E402
+from datasets import prepare_occbev  # noqa: E402  (a script: main(argv) only)
+from occ import occ3d  # noqa: E402
+from occ.checkpoint import latest_checkpoint  # noqa: E402
+
+# pretraining validates only where the bench asks (--val-every), not at every epoch's end
+NO_EPOCH_VALIDATION = "train.val_interval=1000000"
 
 
-def pretrained_geometry_iou(checkpoint_path, data_root, targets_dir):
-    """(geometry IoU of the EMA weights, IoU of predicting everything occupied) on the val split."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    cfg = config_from_dict(checkpoint["config"])
-    model = build_model(cfg)
-    model.load_state_dict(model_weights(checkpoint, use_ema=True, path=checkpoint_path))
-    val_set = pretrain_occbev.occbev_dataset(cfg, data_root, default_split(data_root, "val"), False, targets_dir)
-    iou, _ = pretrain_occbev.geometry_scores(model.eval(), val_set, "cpu")
-    occupied = sum(int(val_set[i]["occupied"].sum()) for i in range(len(val_set)))
-    return iou, occupied / (len(val_set) * 200 * 200 * 16)
+def logged_geometry_iou(work_dir, step):
+    """The validation geometry IoU that pretrain_occbev.py logged to TensorBoard at `step`."""
+    events = EventAccumulator(os.path.join(work_dir, "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    values = [event.value for event in events.Scalars("val/geometry_IoU") if event.step == step]
+    if not values:
+        raise RuntimeError(f"{work_dir}: no validation geometry IoU logged at step {step}")
+    return values[-1]
+
+
+def all_occupied_iou(data_root, targets_dir):
+    """IoU of predicting everything occupied on the val split: its occupied share of the voxels of
+    the cached targets (`occupied`, np.packbits along z, datasets/prepare_occbev.py)."""
+    samples = split_samples(data_root, default_split(data_root, "val"))
+    occupied = 0
+    for sample in samples:
+        with np.load(os.path.join(targets_dir, f"{sample['token']}.npz")) as target:
+            occupied += int(np.unpackbits(target["occupied"], axis=-1).sum())
+    return occupied / (len(samples) * int(np.prod(occ3d.GRID_SHAPE)))
+
+
+def pretrain(args, pretrain_dir, lr):
+    """Occ-BEV pre-training within the budget, validated at its last step; returns (steps,
+    minutes, validation geometry IoU at that step)."""
+    common = ["--config", "occbev_pretrain_tiny", "--data-root", args.data_root, "--work-dir", pretrain_dir,
+              "--set", lr, NO_EPOCH_VALIDATION]
+    budget = budget_args(args.pretrain_steps, args.pretrain_minutes)
+    started = time.perf_counter()
+    if args.pretrain_steps:
+        steps = pretrain_occbev.main([*common, *budget, "--val-every", str(args.pretrain_steps)]).step
+        minutes = (time.perf_counter() - started) / 60
+    else:
+        steps = pretrain_occbev.main([*common, *budget, "--no-val"]).step
+        minutes = (time.perf_counter() - started) / 60
+        print(f"\n=== Occ-BEV pre-training: one more step ({steps + 1}), validated ===", flush=True)
+        steps = pretrain_occbev.main([*common, "--resume", "--max-steps", str(steps + 1),
+                                      "--val-every", str(steps + 1)]).step
+    return steps, minutes, logged_geometry_iou(pretrain_dir, steps)
 
 
 def main():
@@ -70,14 +107,9 @@ def main():
     budget = f"{args.pretrain_steps} steps" if args.pretrain_steps else f"{args.pretrain_minutes} minutes"
     print(f"\n=== Occ-BEV pre-training: occbev_pretrain_tiny, {budget} ===", flush=True)
     pretrain_dir = os.path.join(args.work_dir, "pretrain")
-    started = time.perf_counter()
-    pretrain_steps = pretrain_occbev.main(["--config", "occbev_pretrain_tiny", "--data-root", args.data_root,
-                                           "--work-dir", pretrain_dir,
-                                           *budget_args(args.pretrain_steps, args.pretrain_minutes),
-                                           "--no-val", "--set", lr]).step
-    pretrain_minutes = (time.perf_counter() - started) / 60
+    pretrain_steps, pretrain_minutes, geometry_iou = pretrain(args, pretrain_dir, lr)
     pretrained = str(latest_checkpoint(pretrain_dir))
-    geometry_iou, all_occupied_iou = pretrained_geometry_iou(pretrained, args.data_root, targets_dir)
+    all_occupied = all_occupied_iou(args.data_root, targets_dir)
 
     results, evaluate_extra = {}, [] if args.rayiou else ["--no-rayiou"]
     for init in ("Occ-BEV", "scratch"):
@@ -92,7 +124,7 @@ def main():
                                        "--out", os.path.join(work_dir, "metrics.json")] + evaluate_extra)
 
     print(f"\nOcc-BEV pre-training: {pretrain_steps} steps in {pretrain_minutes:.1f} minutes, validation geometry "
-          f"IoU {100 * geometry_iou:.2f} (everything occupied: {100 * all_occupied_iou:.2f})")
+          f"IoU {100 * geometry_iou:.2f} (everything occupied: {100 * all_occupied:.2f})")
     print(f"fine-tuning flashocc_r50_tiny, {args.finetune_steps} steps on {args.scenes_fraction:.0%} of the "
           f"training scenes, validation split, camera mask:")
     header = f"{'initialisation':<16} {'mIoU':>7} {'geomIoU':>8}" + (f" {'RayIoU':>7}" if args.rayiou else "")

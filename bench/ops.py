@@ -1,4 +1,4 @@
-"""Speed and memory of the compiled ops at the Fusion-R18 sizes (SPEC 1.2, 1.3, 6).
+"""Speed and memory of the compiled ops at the Fusion-R18 sizes (docs/architecture.md).
 
     python bench/ops.py [--repeats 10] [--nuscenes-root ../shared/nuscenes-real]
 
@@ -45,11 +45,12 @@ CAMERAS = [(0, 1.70, 0.0, 1.5, 1266), (-55, 1.55, -0.5, 1.5, 1260), (55, 1.50, 0
            (180, 0.05, 0.0, 1.6, 800), (-110, 1.05, -0.5, 1.5, 1256), (110, 1.05, 0.5, 1.5, 1260)]
 
 
-def camera_frustum_coords():
-    """BEV voxel indices (1, N, D, H, W, 3) of the frustum points of the six cameras."""
+def camera_frustum_coords(feat_h=FEAT_H, feat_w=FEAT_W, depth_step=0.5):
+    """BEV voxel indices (1, N, D, H, W, 3) of the frustum points of the six cameras; D = the depth
+    bins 1..45 m by `depth_step` (88 at the Fusion-R18 step of 0.5 m)."""
     post_rot, post_tran = image_aug_matrix(0.44, (0, 140), False, 0.0, 704, 256)  # 1600x900 -> 256x704
-    u, v = np.linspace(0, 703, FEAT_W), np.linspace(0, 255, FEAT_H)
-    d = np.arange(1.0, 45.0, 0.5)
+    u, v = np.linspace(0, 703, feat_w), np.linspace(0, 255, feat_h)
+    d = np.arange(1.0, 45.0, depth_step)
     dd, vv, uu = np.meshgrid(d, v, u, indexing="ij")  # (D, H, W)
     uv_aug = np.stack([uu, vv], -1).reshape(-1, 2)
     uv = (uv_aug - post_tran[:2]) @ np.linalg.inv(post_rot[:2, :2]).T  # back to source pixels
@@ -63,16 +64,19 @@ def camera_frustum_coords():
         points_cam = np.concatenate([(uv - [800.0, 450.0]) / focal * depth, depth], axis=1)
         points_ego = points_cam @ cam2ego[:3, :3].T + cam2ego[:3, 3]
         coords.append(np.floor((points_ego - BEV_LOWER) / BEV_VOXEL))
-    coords = np.stack(coords).reshape(1, NUM_CAMERAS, DEPTH_BINS, FEAT_H, FEAT_W, 3)
+    coords = np.stack(coords).reshape(1, NUM_CAMERAS, len(d), feat_h, feat_w, 3)
     return torch.from_numpy(coords).long()
 
 
-def bev_pool_inputs(device, requires_grad):
+def bev_pool_inputs(device, requires_grad, feat_h=FEAT_H, feat_w=FEAT_W, depth_step=0.5, channels=CHANNELS):
+    """depth (1, N, D, H, W) (softmax over D), feat (1, N, H, W, C) and the ranks of the six-camera
+    frustum; the defaults are the Fusion-R18 sizes (bench/gpu_check.py --quick uses smaller ones)."""
     generator = torch.Generator().manual_seed(0)
-    ranks = [r.to(device) for r in bev_pool_prepare(camera_frustum_coords(), BEV_SHAPE)]
-    logits = torch.randn(1, NUM_CAMERAS, DEPTH_BINS, FEAT_H, FEAT_W, generator=generator)
+    coords = camera_frustum_coords(feat_h, feat_w, depth_step)
+    ranks = [r.to(device) for r in bev_pool_prepare(coords, BEV_SHAPE)]
+    logits = torch.randn(*coords.shape[:5], generator=generator)
     depth = logits.softmax(dim=2).to(device).requires_grad_(requires_grad)
-    feat = torch.randn(1, NUM_CAMERAS, FEAT_H, FEAT_W, CHANNELS, generator=generator).to(device)
+    feat = torch.randn(1, NUM_CAMERAS, feat_h, feat_w, channels, generator=generator).to(device)
     return depth, feat.requires_grad_(requires_grad), ranks
 
 
@@ -130,9 +134,10 @@ def median_ms(fn, repeats, device, setup=None):
     return statistics.median(times[1:])
 
 
-def time_bev_pool(device, repeats):
-    """{name: ms} for forward and backward of the kernels and of the reference."""
-    depth, feat, ranks = bev_pool_inputs(device, requires_grad=True)
+def time_bev_pool(device, repeats, **sizes):
+    """{name: ms} for forward and backward of the kernels and of the reference; `sizes`: keyword
+    arguments of bev_pool_inputs (default: the Fusion-R18 sizes)."""
+    depth, feat, ranks = bev_pool_inputs(device, requires_grad=True, **sizes)
     results = {}
     for name, op in (("ours", bev_pool_v2), ("reference", bev_pool_v2_reference)):
         results[f"{name} forward"] = median_ms(lambda: op(depth, feat, *ranks, BEV_SHAPE), repeats, device)

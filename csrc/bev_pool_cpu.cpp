@@ -1,4 +1,4 @@
-// BEV pooling on the CPU (SPEC 6.1). OpenMP over intervals (forward) and over feature rows
+// BEV pooling on the CPU (docs/architecture.md#bev-pooling). OpenMP over intervals (forward) and over feature rows
 // (backward); the inner loops run over channels and vectorise. Every output row is written by one
 // thread only, so no atomics are needed.
 #include <omp.h>

@@ -1,4 +1,4 @@
-// BEV pooling on the GPU (SPEC 6.1). One thread per (interval, channel) in the forward and per
+// BEV pooling on the GPU (docs/architecture.md#bev-pooling). One thread per (interval, channel) in the forward and per
 // (feature row, channel) in the feature backward, so every output element has a single writer and
 // no atomics are used; threads of a warp read consecutive channels of one feature row.
 #include <c10/cuda/CUDAException.h>

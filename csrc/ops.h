@@ -7,7 +7,7 @@
 #include <tuple>
 #include <vector>
 
-// BEV pooling (SPEC 6.1). depth (B,N,D,H,W), feat (B,N,H,W,C), int32 ranks (P,), intervals (K,).
+// BEV pooling (docs/architecture.md#bev-pooling). depth (B,N,D,H,W), feat (B,N,H,W,C), int32 ranks (P,), intervals (K,).
 // Returns the pooled features laid out as (B*Z*Y*X, C); cells without an interval are zero.
 at::Tensor bev_pool_forward_cpu(const at::Tensor& depth, const at::Tensor& feat,
                                 const at::Tensor& ranks_depth, const at::Tensor& ranks_feat,
@@ -20,7 +20,7 @@ std::vector<at::Tensor> bev_pool_backward_cpu(const at::Tensor& out_grad, const 
                                               const at::Tensor& interval_starts,
                                               const at::Tensor& interval_lengths);
 
-// Voxelisation (SPEC 6.2). voxel_size (3,) and range_min (3,) in metres, grid_size (X, Y, Z).
+// Voxelisation (docs/architecture.md#voxelisation). voxel_size (3,) and range_min (3,) in metres, grid_size (X, Y, Z).
 std::vector<at::Tensor> voxelize_cpu(const at::Tensor& points, std::vector<double> voxel_size,
                                      std::vector<double> range_min, std::vector<int64_t> grid_size,
                                      int64_t max_points, int64_t max_voxels);

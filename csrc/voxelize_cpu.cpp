@@ -1,4 +1,4 @@
-// Voxelisation on the CPU (SPEC 6.2). Cell keys are computed in parallel; voxel ids and slots are
+// Voxelisation on the CPU (docs/architecture.md#voxelisation). Cell keys are computed in parallel; voxel ids and slots are
 // then handed out in one sequential pass over the points (which is what makes the result
 // first-come), looking cells up in an open-addressing hash map sized to the point count rather
 // than a dense table over the whole grid (1600x1600x40 cells would be 400 MB); the point rows are

@@ -1,4 +1,4 @@
-// Voxelisation on the GPU (SPEC 6.2), first-come like the sequential CPU pass, by sorting:
+// Voxelisation on the GPU (docs/architecture.md#voxelisation), first-come like the sequential CPU pass, by sorting:
 //   1. cell key per point (-1 out of range);
 //   2. stable sort of the in-range points by key: each cell becomes a run whose first entry is the
 //      cell's earliest point, and an entry's position in its run is its arrival order in the cell;

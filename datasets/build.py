@@ -1,8 +1,6 @@
 """The glue between a `Config` and the occupancy dataset, shared by the training and evaluation scripts."""
 import os
 
-import torch
-
 from datasets.nuscenes_occ import NuScenesOccDataset
 from datasets.prepare_nuscenes import info_path, prepare
 from datasets.synthetic.generate import Options, generate
@@ -20,28 +18,17 @@ def default_split(data_root, kind):
                             f"run datasets/prepare_nuscenes.py --root {data_root} --version ...")
 
 
-def dataset_from_config(cfg, data_root, info_file, train, load_gt=True):
+def dataset_from_config(cfg, data_root, info_file, train, load_gt=True, skip_bad_samples=False):
     """NuScenesOccDataset of an info file with the inputs the model of `cfg` reads (train: with
-    the config's augmentation; otherwise deterministic, nearest sweeps)."""
+    the config's augmentation, drawn from (cfg.train.seed, epoch, sample index); otherwise
+    deterministic, nearest sweeps)."""
     d = cfg.data
     image_aug = {"resize_jitter": d.resize_jitter, "rotate_deg": d.rotate_deg, "flip_prob": d.flip_prob}
     return NuScenesOccDataset(data_root, info_file, train=train, image_size=d.image_size,
                               num_sweeps=d.num_sweeps, load_points=d.load_points, load_depth=d.load_depth,
                               load_images=cfg.model.modality != "lidar", load_gt=load_gt,
-                              occ_gt_dir=d.occ_gt_dir, bev_flip=d.bev_flip, image_aug=image_aug)
-
-
-def move_batch(batch, device):
-    """A collated batch on `device` (tensors moved, the `points` list element-wise, strings kept)."""
-    moved = {}
-    for key, value in batch.items():
-        if key == "points":
-            moved[key] = [points.to(device, non_blocking=True) for points in value]
-        elif torch.is_tensor(value):
-            moved[key] = value.to(device, non_blocking=True)
-        else:
-            moved[key] = value
-    return moved
+                              occ_gt_dir=d.occ_gt_dir, bev_flip=d.bev_flip, image_aug=image_aug,
+                              seed=cfg.train.seed, skip_bad_samples=skip_bad_samples)
 
 
 def ensure_synthetic_world(root):

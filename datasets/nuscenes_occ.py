@@ -12,71 +12,185 @@ One sample (the batch dict of the project without its batch axis), N cameras, in
     points      float32 (P, 5)        x, y, z, intensity, time_lag in the augmented ego frame: the
                                       key frame (time_lag 0) + the sweeps, whose points with
                                       |x|, |y| < 1 m in their own sensor frame (the ego body) are
-                                      dropped (SPEC 1.1)
+                                      dropped (docs/data.md#points-and-sweeps)
     depth_maps  float32 (N, H, W)     nearest LiDAR depth per input pixel, 0 = none, in [1, 45) m
     semantics   int64 (200, 200, 16), mask_camera, mask_lidar bool (200, 200, 16),
     flow        float32 (200, 200, 16, 2) when the GT file has it; all indexed [x, y, z], flipped
     sample_token, scene_name  str
+    num_skipped int64 ()              only with skip_bad_samples: bad samples skipped to produce this one
 Camera keys are present when images or depth maps are loaded, GT keys when load_gt is set.
+Train-mode augmentation depends only on (seed, epoch, sample index) (NuScenesOccDataset).
+Info files are read with a restricted unpickler: plain data and numpy arrays only, never code.
 """
 import logging
+import operator
 import os
 import pickle
+import zipfile
+import zlib
 
 import numpy as np
 import torch
 
 from datasets import transforms
+from occ import occ3d, openocc
+from occ.errors import DataError, UsageError
 from occ.geometry import bda_matrix, invert_transform
 
 logger = logging.getLogger(__name__)
 
 INFO_KEYS = ["token", "scene_name", "scene_token", "timestamp", "prev", "next", "lidar_path",
              "lidar_token", "lidar2ego", "ego2global", "sweeps", "cams", "boxes", "occ_path"]
-GRID_SHAPE = (200, 200, 16)
+
+
+# The globals an info file may name: what pickle needs for plain containers (sets, bytearrays and
+# complex numbers are pickled through their constructor; protocols 0-2 write `__builtin__` and
+# encode bytes with `_codecs.encode`) and what numpy 1.x / 2.x need for arrays, dtypes and scalars.
+SAFE_PICKLE_GLOBALS = frozenset(
+    [(module, name) for module in ("builtins", "__builtin__")
+     for name in ("set", "frozenset", "bytearray", "complex")]
+    + [("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype")]
+    + [(f"numpy.{core}.{module}", name) for core in ("core", "_core")
+       for module, name in [("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer")]])
+
+
+class InfoUnpickler(pickle.Unpickler):
+    """An unpickler that builds only plain containers, numbers, strings, bytes and numpy arrays /
+    scalars: an info file is data and never runs code (any other global -> DataError naming it)."""
+
+    def __init__(self, file, path):
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module, name):
+        if (module, name) not in SAFE_PICKLE_GLOBALS:
+            raise DataError(f"info file {self.path} tries to load '{module}.{name}'; info files may hold only "
+                            f"plain containers, numbers, strings and numpy arrays")
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError) as error:  # e.g. a numpy 2 pickle read by numpy 1.x
+            raise DataError(f"info file {self.path} needs '{module}.{name}', which numpy "
+                            f"{np.__version__} lacks ({error}); re-run datasets/prepare_nuscenes.py") from error
+
+    def persistent_load(self, pid):
+        raise DataError(f"info file {self.path} holds a persistent id; info files may hold only plain "
+                        f"containers, numbers, strings and numpy arrays")
+
+
+def load_info_file(path):
+    """The object stored in an info file, read by `InfoUnpickler` (no code runs); DataError naming
+    the file when it is empty, truncated, not a pickle or names a forbidden global."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"info file not found: {path} (run datasets/prepare_nuscenes.py)")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"info file {path} is empty (0 bytes); re-run datasets/prepare_nuscenes.py")
+    try:
+        with open(path, "rb") as f:
+            return InfoUnpickler(f, path).load()
+    except DataError:
+        raise
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError,
+            OverflowError) as error:
+        raise DataError(f"corrupt info file {path} ({type(error).__name__}: {error}); "
+                        f"re-run datasets/prepare_nuscenes.py") from error
 
 
 def load_infos(path):
-    """The list of info records of an info file, after checking its layout (clear errors)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"info file not found: {path} (run datasets/prepare_nuscenes.py)")
-    with open(path, "rb") as f:
-        data = pickle.load(f)
-    if not isinstance(data, dict) or "infos" not in data:
-        raise ValueError(f"bad info file {path}: expected a dict with 'version', 'split', 'infos'")
+    """The list of info records of an info file, after checking its layout (DataError naming the
+    file; FileNotFoundError when it is missing). The file is read by `load_info_file`: it may hold
+    only plain data, never code."""
+    data = load_info_file(path)
+    if not isinstance(data, dict) or not isinstance(data.get("infos"), list):
+        raise DataError(f"bad info file {path}: expected a dict with 'version', 'split' and an 'infos' list")
+    if not data["infos"]:
+        raise DataError(f"info file {path} holds no samples")
     for index, info in enumerate(data["infos"]):
+        if not isinstance(info, dict):
+            raise DataError(f"bad info file {path}: record {index} is a {type(info).__name__}, not a dict")
         missing = [key for key in INFO_KEYS if key not in info]
         if missing:
-            raise ValueError(f"bad info file {path}: record {index} lacks {missing}")
+            raise DataError(f"bad info file {path}: record {index} lacks {missing}")
     return data["infos"]
+
+
+# What np.load and reading the members of an .npz raise for an empty, truncated or corrupt file.
+NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def read_npz(path, what):
+    """{name: array} of an .npz archive, every array read; DataError naming the file (as `what`)
+    when it is empty, truncated, corrupt, pickled or a single .npy array."""
+    try:
+        with open(path, "rb") as f:
+            loaded = np.load(f)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise DataError(f"{what} {path} is a single .npy array, not an .npz archive")
+            with loaded:
+                return {key: loaded[key] for key in loaded.files}
+    except (DataError, FileNotFoundError):
+        raise
+    except NPZ_ERRORS as error:
+        raise DataError(f"unreadable {what} {path} ({type(error).__name__}: {error})") from error
+
+
+def check_mask(path, key, mask):
+    """DataError naming the file unless `mask` is bool or integers 0 / 1."""
+    if mask.dtype == bool:
+        return
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise DataError(f"occupancy GT {path}: '{key}' has dtype {mask.dtype}, expected bool or 0/1 integers")
+    if int(mask.min()) < 0 or int(mask.max()) > 1:
+        raise DataError(f"occupancy GT {path}: '{key}' holds values other than 0 and 1 "
+                        f"(min {mask.min()}, max {mask.max()})")
 
 
 def load_occ_gt(path):
     """Occ3D / OpenOcc labels.npz -> {semantics int64, mask_camera bool, mask_lidar bool[, flow
-    float32 (..., 2)]}; raises naming the file when it is missing or malformed. Semantics are
-    returned as stored: Occ3D classes (17 = free) or, for OpenOcc v2 files, the OpenOcc order
-    (16 = free, SPEC 7)."""
+    float32 (..., 2)]}. FileNotFoundError when it is missing, DataError naming the file when it is
+    unreadable (empty, truncated, corrupt), lacks a key, has a wrong shape, non-integer semantics
+    or labels out of range, or masks that are not bool / 0-1 integers. Semantics are returned as
+    stored: Occ3D classes (0..17, 17 = free) or, for OpenOcc v2 files (the ones with `flow`), the
+    OpenOcc order (0..16, 16 = free, docs/data.md#openocc-v2-occupancy-and-flow)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"occupancy GT not found: {path}")
-    try:
-        with np.load(path) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as error:
-        raise ValueError(f"unreadable occupancy GT {path}: {error}") from error
-    gt = {}
+    arrays = read_npz(path, "occupancy GT")
+    grid = occ3d.GRID_SHAPE
     for key in ["semantics", "mask_camera", "mask_lidar"]:
         if key not in arrays:
-            raise ValueError(f"occupancy GT {path} lacks '{key}' (has {sorted(arrays)})")
-        if arrays[key].shape != GRID_SHAPE:
-            raise ValueError(f"occupancy GT {path}: '{key}' has shape {arrays[key].shape}, expected {GRID_SHAPE}")
-    gt["semantics"] = arrays["semantics"].astype(np.int64)
-    gt["mask_camera"] = arrays["mask_camera"].astype(bool)
-    gt["mask_lidar"] = arrays["mask_lidar"].astype(bool)
+            raise DataError(f"occupancy GT {path} lacks '{key}' (has {sorted(arrays)})")
+        if arrays[key].shape != grid:
+            raise DataError(f"occupancy GT {path}: '{key}' has shape {arrays[key].shape}, expected {grid}")
+    semantics = arrays["semantics"]
+    if not np.issubdtype(semantics.dtype, np.integer):
+        raise DataError(f"occupancy GT {path}: 'semantics' has dtype {semantics.dtype}, expected integer labels")
+    kind, free = ("OpenOcc v2", openocc.FREE) if "flow" in arrays else ("Occ3D", occ3d.FREE)
+    if int(semantics.min()) < 0 or int(semantics.max()) > free:
+        raise DataError(f"occupancy GT {path}: 'semantics' holds labels outside [0, {free}] ({kind}): "
+                        f"min {semantics.min()}, max {semantics.max()}")
+    check_mask(path, "mask_camera", arrays["mask_camera"])
+    check_mask(path, "mask_lidar", arrays["mask_lidar"])
+    gt = {"semantics": semantics.astype(np.int64),
+          "mask_camera": arrays["mask_camera"].astype(bool),
+          "mask_lidar": arrays["mask_lidar"].astype(bool)}
     if "flow" in arrays:
-        if arrays["flow"].shape != GRID_SHAPE + (2,):
-            raise ValueError(f"occupancy GT {path}: 'flow' has shape {arrays['flow'].shape}, expected {GRID_SHAPE + (2,)}")
-        gt["flow"] = arrays["flow"].astype(np.float32)
+        flow = arrays["flow"]
+        if flow.shape != grid + (2,):
+            raise DataError(f"occupancy GT {path}: 'flow' has shape {flow.shape}, expected {grid + (2,)}")
+        if not np.issubdtype(flow.dtype, np.floating):
+            raise DataError(f"occupancy GT {path}: 'flow' has dtype {flow.dtype}, expected float")
+        gt["flow"] = flow.astype(np.float32)
     return gt
+
+
+# What a bad sample raises (DataError is a ValueError; PIL's UnidentifiedImageError an OSError).
+SKIPPABLE_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def check_seed(what, value):
+    """`value` as an int >= 0 (a seed or an epoch of `numpy.random.default_rng`), else UsageError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise UsageError(f"{what} must be an integer >= 0, got {value!r}")
+    return int(value)
 
 
 class NuScenesOccDataset(torch.utils.data.Dataset):
@@ -85,22 +199,43 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
     train: random image augmentation, BEV flips (when bev_flip) and a random choice of
     `num_sweeps` sweeps; otherwise deterministic: no augmentation, the `num_sweeps` nearest sweeps.
     Image size and camera count come from the data; resize = image_size W / source W.
-    skip_bad_samples: a sample whose files are missing or corrupt is logged (logging.warning naming
-    the file) and replaced by the next one; `num_skipped` counts them (per process: each DataLoader
-    worker holds its own copy). Otherwise the error propagates.
+
+    Reproducible augmentation: every random draw of train sample `index` (sweep choice, image
+    augmentation of each camera, BEV flips) comes from one generator,
+    `numpy.random.default_rng([seed, epoch, index])` (`sample_rng`), never from a global RNG
+    (the global torch / numpy / random states are neither read nor advanced). Sample `index` of
+    epoch `epoch` is therefore the same in any process, with any number of DataLoader workers, in
+    any request order, and in a resumed run. `set_epoch(epoch)`: the training loop calls it before
+    each epoch (the epoch starts at 0); with DataLoader workers it must be called before the
+    loader's iterator is created, which is what happens when it is called before
+    `for batch in loader` (the workers take a copy of the dataset when the iteration starts, so
+    with persistent_workers=True a later set_epoch does not reach them).
+
+    skip_bad_samples: a sample whose files are missing or corrupt (FileNotFoundError / OSError,
+    DataError, a corrupt .npz or an undecodable image) is logged (logging.warning naming the file
+    and the error) and replaced by the next sample that loads, drawn with that sample's own
+    generator. Every sample then carries `num_skipped`, an int64 scalar tensor: the number of bad
+    samples skipped to produce it (usually 0). It survives DataLoader workers and collates to a
+    (B,) tensor; the training loop sums batch["num_skipped"] and removes the key before the model.
+    `self.num_skipped` also counts skips, but only those of this process (each worker holds its own
+    copy). Configuration errors (UsageError, e.g. cameras asked of LiDAR-only data) are never
+    skipped. Without skip_bad_samples every error propagates.
     """
 
     def __init__(self, data_root, info_path, train, image_size=(256, 704), num_sweeps=9,
                  load_points=True, load_depth=True, load_images=True, load_gt=True,
-                 occ_gt_dir="gts", bev_flip=True, image_aug=transforms.IMAGE_AUG_DEFAULTS,
-                 skip_bad_samples=False):
+                 occ_gt_dir=occ3d.GT_DIR, bev_flip=True, image_aug=transforms.IMAGE_AUG_DEFAULTS,
+                 skip_bad_samples=False, seed=0):
         unknown = set(image_aug) - set(transforms.IMAGE_AUG_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown image_aug keys {sorted(unknown)}; "
                              f"expected {sorted(transforms.IMAGE_AUG_DEFAULTS)}")
         if num_sweeps < 0:
             raise ValueError(f"num_sweeps must be >= 0, got {num_sweeps}")
+        self.seed = check_seed("seed", seed)
+        self.epoch = 0
         self.data_root = data_root
+        self.info_path = info_path
         self.infos = load_infos(info_path)
         self.train = train
         self.image_height, self.image_width = image_size
@@ -118,26 +253,51 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.infos)
 
+    def set_epoch(self, epoch):
+        """Use the augmentation of epoch `epoch` (an int >= 0) from now on. The training loop calls
+        it before each epoch; with DataLoader workers it must be called before the loader's
+        iterator is created, which is what happens when it is called before `for batch in loader`."""
+        self.epoch = check_seed("epoch", epoch)
+
+    def sample_rng(self, index):
+        """The generator of every random draw of sample `index` (train mode):
+        numpy.random.default_rng([seed, epoch, index]); None in test mode (no randomness)."""
+        return np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+
     def __getitem__(self, index):
+        index = operator.index(index)
+        if index < 0:
+            index += len(self.infos)
+        if not 0 <= index < len(self.infos):
+            raise IndexError(f"sample index {index} out of range for {len(self.infos)} samples")
         if not self.skip_bad_samples:
             return self.load_sample(index)
+        error = None
         for offset in range(len(self.infos)):
             current = (index + offset) % len(self.infos)
             try:
-                return self.load_sample(current)
-            except (OSError, ValueError) as error:
-                self.num_skipped += 1
-                logger.warning("skipping bad sample %d (%s): %s [%d skipped so far]",
-                               current, self.infos[current]["token"], error, self.num_skipped)
-        raise RuntimeError(f"every sample of the dataset is bad ({len(self.infos)} tried)")
+                sample = self.load_sample(current)
+            except UsageError as usage_error:
+                if not isinstance(usage_error, DataError):
+                    raise  # a configuration error, not a bad sample
+                error = usage_error
+            except SKIPPABLE_ERRORS as bad_sample_error:
+                error = bad_sample_error
+            else:
+                sample["num_skipped"] = torch.tensor(offset, dtype=torch.int64)
+                return sample
+            self.num_skipped += 1
+            logger.warning("skipping bad sample %d (%s): %s: %s [%d skipped so far in this process]",
+                           current, self.infos[current]["token"], type(error).__name__, error, self.num_skipped)
+        raise DataError(f"every sample of {self.info_path} is bad ({len(self.infos)} tried); the last: {error}")
 
     def gt_path(self, info):
-        return os.path.join(self.data_root, self.occ_gt_dir, info["scene_name"], info["token"], "labels.npz")
+        return occ3d.gt_path(self.data_root, info["scene_name"], info["token"], self.occ_gt_dir)
 
     def load_sample(self, index):
+        """Sample `index`, every random draw from `sample_rng(index)`; errors propagate."""
         info = self.infos[index]
-        # Train draws from torch's generator, which DataLoader seeds differently per worker.
-        rng = np.random.default_rng(int(torch.randint(2**31, ()))) if self.train else None
+        rng = self.sample_rng(index)
         sample = {"sample_token": info["token"], "scene_name": info["scene_name"]}
 
         points = None
@@ -167,7 +327,7 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
     def load_cameras(self, info, points_ego, rng):
         """Per-camera geometry, augmented images and depth maps of one key frame."""
         if not info["cams"]:
-            raise ValueError(f"sample {info['token']} ({info['scene_name']}) has no cameras; "
+            raise UsageError(f"sample {info['token']} ({info['scene_name']}) has no cameras; "
                              f"use load_images=False, load_depth=False for LiDAR-only data")
         global2keyego = invert_transform(info["ego2global"])
         height, width = self.image_height, self.image_width

@@ -1,4 +1,4 @@
-"""Occ-BEV pre-training targets: binary occupancy from accumulated, unlabelled LiDAR (SPEC 5).
+"""Occ-BEV pre-training targets: binary occupancy from accumulated, unlabelled LiDAR (docs/data.md#occ-bev-targets).
 
 The target of a key frame t lives on the Occ3D grid in the ego frame of t's LIDAR_TOP sample_data:
 x, y in [-40, 40), z in [-1, 5.4), 0.4 m voxels -> (200, 200, 16) indexed [x, y, z]. A voxel is
@@ -9,30 +9,34 @@ them, found by walking the LIDAR_TOP sample_data prev/next chain (at a scene end
 Each scan goes sensor -> ego(t_i) (its calibrated_sensor) -> global (its own ego_pose) -> ego(t)
 (inverse of the key frame's ego pose). Ego-body points are removed from every scan, the key frame
 included, in that scan's own sensor frame: a point goes when |x| < 1 m AND |y| < 1 m (strict, z not
-looked at; SPEC 1.1, `datasets.transforms.remove_ego_body`). Points outside the grid are dropped,
+looked at; docs/data.md#points-and-sweeps, `datasets.transforms.remove_ego_body`). Points outside the grid are dropped,
 never clipped onto the border voxels, and the voxel of a point p is floor((p - lower) / 0.4) with
-no range/(N-1) voxel size (the quirks of the original, SPEC 5).
+no range/(N-1) voxel size (the quirks of the original, docs/differences.md#occ-bev).
 """
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from datasets.nuscenes_occ import read_npz
 from datasets.prepare_nuscenes import sensor_transforms
 from datasets.transforms import load_points, remove_ego_body
+from occ import occ3d
+from occ.errors import DataError
 from occ.geometry import invert_transform, transform_points
 
-GRID_LOWER = np.array([-40.0, -40.0, -1.0])  # metres, ego frame
-VOXEL_SIZE = 0.4  # metres
-GRID_SHAPE = (200, 200, 16)  # [x, y, z]
+
+class MissingArrayError(DataError, KeyError):
+    """A target file without its `occupied` array: a DataError (one line naming the file) that is
+    also the KeyError it always was."""
+    __str__ = BaseException.__str__  # KeyError's would quote the message
 
 
 def voxel_indices(points_ego):
     """Ego-frame points (N, 3+) -> int64 (M, 3) [x, y, z] voxel indices of the points inside the
     grid, floor((p - lower) / 0.4); points outside are dropped."""
-    indices = np.floor((points_ego[:, :3] - GRID_LOWER) / VOXEL_SIZE).astype(np.int64)
-    inside = np.all((indices >= 0) & (indices < np.array(GRID_SHAPE)), axis=1)
+    indices = np.floor((points_ego[:, :3] - occ3d.GRID_MIN) / occ3d.VOXEL_SIZE).astype(np.int64)
+    inside = np.all((indices >= 0) & (indices < np.array(occ3d.GRID_SHAPE)), axis=1)
     return indices[inside]
 
 
@@ -47,7 +51,7 @@ def occupancy_from_scans(scans, key_ego2global):
     Returns bool (200, 200, 16) [x, y, z].
     """
     global2key_ego = invert_transform(np.asarray(key_ego2global, dtype=np.float64))
-    occupied = np.zeros(GRID_SHAPE, dtype=bool)
+    occupied = np.zeros(occ3d.GRID_SHAPE, dtype=bool)
     for points_sensor, sensor2ego, ego2global in scans:
         points_sensor = remove_ego_body(np.asarray(points_sensor))
         sensor2key_ego = global2key_ego @ ego2global @ sensor2ego
@@ -103,8 +107,8 @@ def save_occbev_target(path, occupied):
     """Write bool (200, 200, 16) as `occupied` = np.packbits along z -> uint8 (200, 200, 2), in a
     compressed .npz, atomically (temp file + rename)."""
     occupied = np.asarray(occupied)
-    if occupied.dtype != bool or occupied.shape != GRID_SHAPE:
-        raise ValueError(f"occupancy must be bool {GRID_SHAPE}, got {occupied.dtype} {occupied.shape}")
+    if occupied.dtype != bool or occupied.shape != occ3d.GRID_SHAPE:
+        raise ValueError(f"occupancy must be bool {occ3d.GRID_SHAPE}, got {occupied.dtype} {occupied.shape}")
     path = Path(path)
     temp_path = path.with_name(path.name + ".tmp")
     with open(temp_path, "wb") as f:
@@ -113,23 +117,19 @@ def save_occbev_target(path, occupied):
 
 
 def load_occbev_target(path):
-    """Read a target written by `save_occbev_target` -> bool (200, 200, 16) [x, y, z]."""
+    """Read a target written by `save_occbev_target` -> bool (200, 200, 16) [x, y, z];
+    FileNotFoundError when it is missing, DataError naming the file when it is empty, truncated,
+    corrupt, lacks `occupied` (MissingArrayError, also a KeyError) or has the wrong dtype / shape."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Occ-BEV target {path} does not exist "
                                 "(run datasets/prepare_occbev.py first)")
-    try:
-        data = np.load(path)
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(f"Occ-BEV target {path} is not a readable .npz file: {error}") from error
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"Occ-BEV target {path} is a single array, not an .npz archive")
-    with data:
-        if "occupied" not in data.files:
-            raise KeyError(f"Occ-BEV target {path} has no 'occupied' array (has {data.files})")
-        packed = data["occupied"]
-    packed_shape = GRID_SHAPE[:2] + (GRID_SHAPE[2] // 8,)
+    arrays = read_npz(path, "Occ-BEV target")
+    if "occupied" not in arrays:
+        raise MissingArrayError(f"Occ-BEV target {path} has no 'occupied' array (has {sorted(arrays)})")
+    packed = arrays["occupied"]
+    packed_shape = occ3d.GRID_SHAPE[:2] + (occ3d.GRID_SHAPE[2] // 8,)
     if packed.dtype != np.uint8 or packed.shape != packed_shape:
-        raise ValueError(f"Occ-BEV target {path}: 'occupied' must be packed uint8 {packed_shape}, "
-                         f"got {packed.dtype} {packed.shape}")
-    return np.unpackbits(packed, axis=-1, count=GRID_SHAPE[2]).astype(bool)
+        raise DataError(f"Occ-BEV target {path}: 'occupied' must be packed uint8 {packed_shape}, "
+                        f"got {packed.dtype} {packed.shape}")
+    return np.unpackbits(packed, axis=-1, count=occ3d.GRID_SHAPE[2]).astype(bool)

@@ -25,6 +25,10 @@ timestamp, made of plain Python / numpy values:
 
 Re-running is cheap: a split whose info file is newer than every table (and than the gts folder)
 is skipped unless --force is given.
+
+Errors name what to fix: a missing version folder, table, or sensor file (FileNotFoundError), a
+table that is not valid JSON or tables that do not fit together (occ.errors.DataError); the script
+prints them as one line. The Occ3D gts folder is optional (occ_path is None without it).
 """
 import argparse
 import math
@@ -36,6 +40,8 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from occ import occ3d  # noqa: E402
+from occ.errors import DataError, UsageError  # noqa: E402
 from occ.geometry import invert_transform, make_transform  # noqa: E402
 
 VERSION_SPLITS = {
@@ -58,6 +64,42 @@ def table_paths(root, version):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"nuScenes table missing: {path}")
     return paths
+
+
+def check_version(version):
+    if version not in VERSION_SPLITS:
+        raise UsageError(f"unknown --version {version!r}; expected one of {sorted(VERSION_SPLITS)}")
+
+
+def load_nuscenes(root, version):
+    """The devkit's NuScenes of root/version (verbose off), its errors naming what to fix: a
+    missing folder or table (FileNotFoundError), a table that is not a JSON list of records, or
+    tables that do not fit together (a dangling token, a missing field, a missing map: DataError)."""
+    from nuscenes.nuscenes import NuScenes
+
+    table_paths(root, version)  # the folder and every table exist
+
+    class CheckedNuScenes(NuScenes):
+        def __load_table__(self, table_name):
+            path = os.path.join(self.table_root, f"{table_name}.json")
+            try:
+                table = super().__load_table__(table_name)
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"nuScenes table missing: {path}") from error
+            except (OSError, ValueError) as error:  # ValueError: JSONDecodeError, UnicodeDecodeError
+                raise DataError(f"corrupt nuScenes table {path}: {type(error).__name__}: {error}") from error
+            if not isinstance(table, list) or not all(isinstance(record, dict) for record in table):
+                raise DataError(f"corrupt nuScenes table {path}: expected a JSON list of records, "
+                                f"got {type(table).__name__}")
+            return table
+
+    try:
+        return CheckedNuScenes(version=version, dataroot=root, verbose=False)
+    except (KeyError, TypeError, IndexError, AssertionError) as error:
+        # the devkit's reverse index (dangling tokens, missing fields) and its asserts (map files,
+        # lidarseg label counts)
+        raise DataError(f"nuScenes tables in {os.path.join(root, version)} do not fit together: "
+                        f"{type(error).__name__}: {error}") from error
 
 
 def info_path(out_dir, split):
@@ -152,7 +194,7 @@ def sample_info(nusc, root, sample, scene):
     """One info record (see the module docstring) for one key frame."""
     lidar_data = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
     lidar2ego, ego2global = sensor_transforms(nusc, lidar_data)
-    occ_path = os.path.join("gts", scene["name"], sample["token"], "labels.npz")
+    occ_path = occ3d.gt_path("", scene["name"], sample["token"])
     return {
         "token": sample["token"],
         "scene_name": scene["name"],
@@ -175,8 +217,7 @@ def scenes_by_split(nusc, version):
     """{split: [scene records sorted by name]} for the version's splits that hold scenes here;
     scenes in none of them are reported on stderr."""
     from nuscenes.utils.splits import create_splits_scenes
-    if version not in VERSION_SPLITS:
-        raise ValueError(f"unknown --version {version!r}; expected one of {sorted(VERSION_SPLITS)}")
+    check_version(version)
     split_names = create_splits_scenes()
     by_split = {split: [] for split in VERSION_SPLITS[version]}
     unassigned = []
@@ -195,8 +236,9 @@ def scenes_by_split(nusc, version):
 def prepare(root, version, out_dir=None, force=False):
     """Write the info files into `out_dir` (default: the root); returns {split: path}."""
     out_dir = root if out_dir is None else out_dir
+    check_version(version)
     tables = table_paths(root, version)
-    freshness_inputs = tables + [os.path.join(root, "gts")]
+    freshness_inputs = tables + [os.path.join(root, occ3d.GT_DIR)]
     # The devkit is slow to load the full tables: skip it when every output is up to date.
     existing = {s: info_path(out_dir, s) for s in VERSION_SPLITS.get(version, [])
                 if os.path.isfile(info_path(out_dir, s))}
@@ -205,8 +247,7 @@ def prepare(root, version, out_dir=None, force=False):
             print(f"up to date: {path} (use --force to rebuild)")
         return existing
 
-    from nuscenes.nuscenes import NuScenes
-    nusc = NuScenes(version=version, dataroot=root, verbose=False)
+    nusc = load_nuscenes(root, version)
     written = {}
     for split, scenes in scenes_by_split(nusc, version).items():
         samples_by_scene = {scene["token"]: [] for scene in scenes}
@@ -218,7 +259,12 @@ def prepare(root, version, out_dir=None, force=False):
         with tqdm(total=total, desc=f"{version} {split}", unit="sample") as bar:
             for scene in scenes:
                 for sample in sorted(samples_by_scene[scene["token"]], key=lambda s: s["timestamp"]):
-                    infos.append(sample_info(nusc, root, sample, scene))
+                    try:
+                        infos.append(sample_info(nusc, root, sample, scene))
+                    except (KeyError, TypeError, IndexError) as error:
+                        raise DataError(f"nuScenes tables in {os.path.join(root, version)}: key frame "
+                                        f"{sample['token']} of {scene['name']} refers to a missing record or "
+                                        f"field ({type(error).__name__}: {error})") from error
                     bar.update()
         os.makedirs(out_dir, exist_ok=True)
         path = info_path(out_dir, split)
@@ -230,15 +276,18 @@ def prepare(root, version, out_dir=None, force=False):
     return written
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, help="nuScenes root (holds the VERSION table folder, samples/, sweeps/)")
     parser.add_argument("--version", default="v1.0-trainval", choices=sorted(VERSION_SPLITS))
     parser.add_argument("--out-dir", default=None, help="where to write the info files (default: --root)")
     parser.add_argument("--force", action="store_true", help="rebuild even when the info files are up to date")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     prepare(args.root, args.version, args.out_dir, args.force)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (UsageError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")

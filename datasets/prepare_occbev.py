@@ -14,10 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from nuscenes.nuscenes import NuScenes  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from datasets.occbev_targets import occbev_target, occbev_target_path, save_occbev_target  # noqa: E402
+from datasets.prepare_nuscenes import load_nuscenes  # noqa: E402
+from occ.errors import UsageError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -39,7 +40,7 @@ def main(argv=None):
     args = parse_args(argv)
     out = args.out if args.out is not None else args.root / "occbev_targets"
     out.mkdir(parents=True, exist_ok=True)
-    nusc = NuScenes(version=args.version, dataroot=str(args.root), verbose=False)
+    nusc = load_nuscenes(str(args.root), args.version)  # a missing or corrupt table: named
     written = kept = 0
     for sample in tqdm(nusc.sample, desc="Occ-BEV targets", unit="key frame"):
         path = occbev_target_path(out, sample["token"])
@@ -53,4 +54,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (UsageError, FileNotFoundError) as error:  # a bad table or LiDAR file, named
+        sys.exit(f"error: {error}")

@@ -10,29 +10,39 @@ import os
 import numpy as np
 from PIL import Image
 
+from occ.errors import DataError
 from occ.geometry import image_aug_matrix, invert_transform
 
 POINT_DIMS = 5  # x, y, z, intensity, ring in the .pcd.bin files
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-# SPEC 1.1 train-time image augmentation.
+# docs/data.md#image-augmentation train-time image augmentation.
 IMAGE_AUG_DEFAULTS = {"resize_jitter": (-0.06, 0.11), "flip_prob": 0.5, "rotate_deg": (-5.4, 5.4)}
+# What PIL raises for a file it cannot identify or decode (UnidentifiedImageError and truncated
+# data are OSErrors; some plugins raise SyntaxError or ValueError on broken chunks).
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 # ----------------------------------------------------------------------------------------- points
 def load_points(path):
-    """A nuScenes .pcd.bin as float32 (P, 5); raises naming the file when it is missing, its size is
-    not a whole number of 5-float points, or a coordinate is not finite."""
+    """A nuScenes .pcd.bin as float32 (P, 5), P >= 1; raises naming the file when it is missing
+    (FileNotFoundError), empty (0 bytes: a failed copy or download, never a real scan), its size is
+    not a whole number of 5-float points, or a coordinate is not finite (DataError)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"point cloud not found: {path}")
     size = os.path.getsize(path)
+    if size == 0:
+        raise DataError(f"empty point cloud {path}: 0 bytes (a LiDAR scan always holds points)")
     if size % (4 * POINT_DIMS):
-        raise ValueError(f"corrupt point cloud {path}: {size} bytes is not a multiple of "
-                         f"{4 * POINT_DIMS} (float32 x {POINT_DIMS} per point)")
-    points = np.fromfile(path, dtype=np.float32).reshape(-1, POINT_DIMS)
+        raise DataError(f"corrupt point cloud {path}: {size} bytes is not a multiple of "
+                        f"{4 * POINT_DIMS} (float32 x {POINT_DIMS} per point)")
+    try:
+        points = np.fromfile(path, dtype=np.float32).reshape(-1, POINT_DIMS)
+    except (OSError, ValueError) as error:
+        raise DataError(f"unreadable point cloud {path}: {error}") from error
     if not np.isfinite(points[:, :4]).all():
         bad = int((~np.isfinite(points[:, :4])).any(axis=1).sum())
-        raise ValueError(f"corrupt point cloud {path}: {bad} point(s) with NaN/inf x, y, z or intensity")
+        raise DataError(f"corrupt point cloud {path}: {bad} point(s) with NaN/inf x, y, z or intensity")
     return points
 
 
@@ -44,7 +54,7 @@ def remove_ego_body(points, half_size=1.0):
 
 def choose_sweeps(num_available, num_sweeps, rng=None):
     """Indices into an info's `sweeps` (stored nearest first). Test mode (rng None): the
-    `num_sweeps` nearest in time. Train: a random subset of that size (SPEC 1.1). Fewer stored
+    `num_sweeps` nearest in time. Train: a random subset of that size (docs/data.md#points-and-sweeps). Fewer stored
     sweeps than asked (a scene start) gives all of them."""
     if num_available <= num_sweeps:
         return list(range(num_available))
@@ -88,7 +98,7 @@ def transform_xyz(points, transform):
 
 # ----------------------------------------------------------------------------------------- images
 def sample_image_aug(src_width, src_height, out_width, out_height, rng=None, aug=IMAGE_AUG_DEFAULTS):
-    """Image augmentation of one camera (SPEC 1.1) as (post_rot 3x3, post_tran 3).
+    """Image augmentation of one camera (docs/data.md#image-augmentation) as (post_rot 3x3, post_tran 3).
 
     Resize by out_width / src_width (+ U(resize_jitter) in train), bottom crop of out_height with a
     random horizontal offset in train (centred in test), horizontal flip with flip_prob and a
@@ -110,14 +120,15 @@ def sample_image_aug(src_width, src_height, out_width, out_height, rng=None, aug
 
 
 def image_size(path):
-    """(width, height) of an image file, from its header."""
+    """(width, height) of an image file, from its header; FileNotFoundError / DataError naming the
+    file when it is missing or not an image PIL can identify (an empty file included)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
             return image.size
-    except OSError as error:
-        raise ValueError(f"unreadable image {path}: {error}") from error
+    except IMAGE_ERRORS as error:
+        raise DataError(f"unreadable image {path}: {error}") from error
 
 
 def load_image(path, post_rot, post_tran, out_width, out_height):
@@ -134,8 +145,8 @@ def load_image(path, post_rot, post_tran, out_width, out_height):
         resize = math.sqrt(abs(np.linalg.det(post_rot[:2, :2])))
         image.draft("RGB", (math.ceil(src_width * resize), math.ceil(src_height * resize)))
         image.load()  # PIL decodes lazily: truncated files fail here
-    except OSError as error:
-        raise ValueError(f"unreadable image {path}: {error}") from error
+    except IMAGE_ERRORS as error:
+        raise DataError(f"unreadable image {path}: {error}") from error
     scale = 1.0 / round(src_width / image.size[0])  # decoded pixels per source pixel
     box_factor = int(scale / resize)
     if box_factor >= 2:

@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 
 from occ.config import config_to_dict
+from occ.errors import UsageError
 
 CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UsageError):
     """A checkpoint file that cannot be used: unreadable, truncated or of the wrong kind."""
 
 
@@ -48,6 +49,7 @@ def _atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o666 & ~current_umask())   # mkstemp creates 0600; give the usual permissions
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):
@@ -55,15 +57,27 @@ def _atomic_write(path, write):
         raise
 
 
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_config_json(folder, config, run=None):
+    """folder/config.json: {"config": the resolved config, "run": how the run was started (its
+    command line and settings), or null}; written atomically."""
+    text = json.dumps({"config": config_to_dict(config), "run": run}, indent=2, sort_keys=True).encode()
+    _atomic_write(Path(folder) / "config.json", lambda f: f.write(text))
+
+
 def save_checkpoint(path, **state):
     """Atomically torch.save `state` to `path`; a `config` entry (dataclass or dict) is stored as a
-    plain dict and also written to config.json in the same folder."""
+    plain dict and also written, with the `run` entry, to config.json in the same folder."""
     if state.get("config") is not None:
         state["config"] = config_to_dict(state["config"])
     _atomic_write(path, lambda f: torch.save(state, f))
     if state.get("config") is not None:
-        text = json.dumps(state["config"], indent=2, sort_keys=True).encode()
-        _atomic_write(Path(path).parent / "config.json", lambda f: f.write(text))
+        write_config_json(Path(path).parent, state["config"], state.get("run"))
 
 
 def load_checkpoint(path, map_location="cpu"):

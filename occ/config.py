@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
+from occ import occ3d
+
 MODALITIES = ("fusion", "camera", "lidar")
 BACKBONES = ("resnet18", "resnet50", "swin_t", "swin_b")
 IMG_NECKS = ("custom_fpn", "fpn_lss")
@@ -36,7 +38,7 @@ class DataConfig:
     bev_flip: bool = True  # random x / y flips of the BEV (p=0.5 each) when training
     load_points: bool = True  # derived: the model has a LiDAR branch
     load_depth: bool = True  # derived: the model takes LiDAR depth maps
-    occ_gt_dir: str = "gts"  # Occ3D ground truth folder inside the data root
+    occ_gt_dir: str = occ3d.GT_DIR  # Occ3D ground truth folder inside the data root
     num_workers: int = 4
     batch_size: int = 8  # per GPU / process
 
@@ -74,9 +76,9 @@ class ModelConfig:
     # head
     head: str = "occ"  # "occ" (channel-to-height semantics) | "geometry" (Occ-BEV 3-D decoder)
     head_hidden: int = 256  # conv width; the MLP hidden width is twice this
-    num_classes: int = 18
-    point_cloud_range: Tuple[float, float, float, float, float, float] = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4)
-    occ_voxel_size: float = 0.4  # -> 200 x 200 x 16
+    num_classes: int = occ3d.NUM_CLASSES
+    point_cloud_range: Tuple[float, float, float, float, float, float] = occ3d.GRID_RANGE
+    occ_voxel_size: float = occ3d.VOXEL_SIZE  # -> occ3d.GRID_SHAPE (200 x 200 x 16)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Exponential moving average of a model's whole state (SPEC 1.5).
+"""Exponential moving average of a model's whole state (docs/training.md#ema).
 
 Every floating-point entry of the state dict (parameters AND float buffers such as BN running
 statistics) is averaged; integer buffers (BN num_batches_tracked) are copied. The decay ramps up

@@ -1,51 +1,123 @@
-"""Running an occupancy model over a dataset split and scoring it (shared by evaluate.py and the
-training scripts' validation)."""
-import torch
+"""Running an occupancy model over a dataset and scoring it: the one scorer that evaluate.py and
+the training scripts' validation both call.
 
-from datasets.build import move_batch
-from datasets.nuscenes_occ import collate, load_occ_gt
-from occ.checkpoint import load_checkpoint, model_weights
+A scored sample is a dict holding `sample_token`, `pred` (uint8 (200, 200, 16), [x, y, z]) and its
+ground truth `semantics`, `mask_camera`, `mask_lidar` (numpy arrays of the same shape). `predict`
+yields such dicts from a model and a dataset that loads its ground truth; evaluate.py builds them
+from a folder of saved predictions and the GT files.
+"""
+import math
+
+import torch
+from tqdm import tqdm
+
+from occ import occ3d
+from occ.checkpoint import CheckpointError, load_checkpoint, model_weights
 from occ.config import config_from_dict
-from occ.metrics import OccupancyMetric
+from occ.data import move_batch
+from occ.loop import evaluate_with_ema
+from occ.metrics import OccupancyMetric, RayIoUMetric
 from occ.models import build_model
+from occ.visualize import gt_vs_pred_image
+
+GT_KEYS = ("semantics", "mask_camera", "mask_lidar")
+MASKS = {"camera": "mask_camera", "lidar": "mask_lidar", "none": None}   # the voxels mIoU counts
 
 
 def build_model_from_checkpoint(path, use_ema, device):
-    """(model in eval mode, config) from a training checkpoint."""
+    """(model in eval mode on `device`, config) from a training checkpoint."""
     checkpoint = load_checkpoint(path)
     if not checkpoint.get("config"):
-        raise ValueError(f"checkpoint {path} stores no config: cannot rebuild its model")
+        raise CheckpointError(f"checkpoint {path} stores no config: cannot rebuild its model")
     cfg = config_from_dict(checkpoint["config"])
     if cfg.model.head != "occ":
-        raise ValueError(f"checkpoint {path} is a '{cfg.model.head}' model ({cfg.name}), not an occupancy model")
+        raise CheckpointError(f"checkpoint {path} is a '{cfg.model.head}' model ({cfg.name}), not an occupancy model")
     model = build_model(cfg)
     state = model_weights(checkpoint, use_ema, path)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise ValueError(f"checkpoint {path} does not match the model its config describes: {error}") from error
+        raise CheckpointError(f"checkpoint {path} does not match the model its config describes: {error}") from error
     return model.to(device).eval(), cfg
 
 
 @torch.no_grad()
-def predict(model, dataset, device, batch_size=1, num_workers=0):
-    """Yields (info, prediction uint8 (200, 200, 16)) for every sample of `dataset`, in order."""
+def predict(model, dataset, device, collate_fn, batch_size=1, num_workers=0):
+    """Yields one scored-sample dict (module docstring) per sample of `dataset`, in order; the GT
+    entries are present when the dataset loads its ground truth."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         collate_fn=collate)
-    infos = iter(dataset.infos)
+                                         collate_fn=collate_fn, pin_memory=torch.device(device).type == "cuda")
     for batch in loader:
-        logits = model(move_batch(batch, device))["occ_logits"]       # (B, 200, 200, 16, 18)
-        for pred in logits.argmax(-1).to(torch.uint8).cpu().numpy():
-            yield next(infos), pred
+        logits = model(move_batch(batch, device))["occ_logits"]       # (B, X, Y, Z, classes)
+        preds = logits.argmax(-1).to(torch.uint8).cpu().numpy()
+        for index, pred in enumerate(preds):
+            sample = {"sample_token": batch["sample_token"][index], "pred": pred}
+            for key in GT_KEYS:
+                if key in batch:
+                    sample[key] = batch[key][index].numpy()
+            yield sample
 
 
-def occupancy_scores(predictions, dataset):
-    """Occ3D mIoU / geometry IoU (camera mask) of (info, prediction) pairs against the dataset's GT.
-    Returns (metrics dict of OccupancyMetric.compute, (gt, pred, mask_camera) of the first sample)."""
-    metric, example = OccupancyMetric(), None
-    for info, pred in predictions:
-        gt = load_occ_gt(dataset.gt_path(info))
-        metric.update(pred, gt["semantics"], gt["mask_camera"])
-        if example is None:
-            example = (gt["semantics"], pred, gt["mask_camera"])
-    return metric.compute(), example
+def score_occupancy(samples, mask="camera", ray_origins=None, total=None, on_sample=None, progress=True):
+    """Occ3D mIoU and geometry IoU (over the voxels of `mask`: camera, lidar or none), and RayIoU
+    when `ray_origins` ({sample_token: (K, 3) LiDAR origins}) is given, of scored-sample dicts.
+    on_sample(index, sample) is called for each (pictures, saving predictions).
+    Returns {"num_samples", "mask", "miou", "geometry_iou", "per_class": {name: {"iou"[, "rayiou@1",
+    "rayiou@2", "rayiou@4"]}}[, "rayiou", "rayiou@1", "rayiou@2", "rayiou@4"]}; IoUs are NaN where a
+    class is absent from both GT and prediction."""
+    if mask not in MASKS:
+        raise ValueError(f"mask must be one of {sorted(MASKS)}, got {mask!r}")
+    occupancy = OccupancyMetric()
+    rays = RayIoUMetric() if ray_origins is not None else None
+    count = 0
+    for index, sample in enumerate(tqdm(samples, total=total, desc="evaluate", unit="sample", disable=not progress)):
+        missing = [key for key in ("pred", "semantics") + ((MASKS[mask],) if MASKS[mask] else ()) if key not in sample]
+        if missing:
+            raise ValueError(f"sample {sample.get('sample_token')} lacks {missing} (load its ground truth)")
+        occupancy.update(sample["pred"], sample["semantics"], sample[MASKS[mask]] if MASKS[mask] else None)
+        if rays is not None:
+            rays.update(sample["pred"], sample["semantics"], ray_origins[sample["sample_token"]])
+        if on_sample is not None:
+            on_sample(index, sample)
+        count += 1
+    result = occupancy.compute()
+    metrics = {"num_samples": count, "mask": mask, "miou": result["miou"], "geometry_iou": result["geometry_iou"],
+               "per_class": {name: {"iou": iou} for name, iou in zip(occ3d.CLASS_NAMES, result["iou"])}}
+    if rays is not None:
+        ray_result = rays.compute()
+        for key in ("rayiou", "rayiou@1", "rayiou@2", "rayiou@4"):
+            metrics[key] = ray_result[key]
+        for threshold in ("1", "2", "4"):
+            for name, iou in zip(occ3d.CLASS_NAMES, ray_result[f"iou@{threshold}"]):
+                metrics["per_class"][name][f"rayiou@{threshold}"] = iou
+    return metrics
+
+
+def make_occupancy_validate(val_set, collate_fn):
+    """validate(run, step) for occ.loop.fit: the EMA weights on `val_set` (which loads its GT),
+    scored by `score_occupancy` (camera mask, no RayIoU); mIoU, geometry IoU, per-class IoU and a
+    bird's-eye GT-vs-prediction picture of the first sample to TensorBoard."""
+    def validate(run, step):
+        first = {}
+
+        def keep_first(index, sample):
+            if index == 0:
+                first.update(sample)
+
+        def score(network):
+            samples = predict(network, val_set, run.accelerator.device, collate_fn, run.cfg.data.batch_size)
+            return score_occupancy(samples, total=len(val_set), on_sample=keep_first, progress=False)
+        metrics = evaluate_with_ema(run, score)
+        if metrics is None:
+            return None
+        run.writer.add_scalar("val/mIoU", metrics["miou"], step)
+        run.writer.add_scalar("val/geometry_IoU", metrics["geometry_iou"], step)
+        for name in occ3d.CLASS_NAMES[:occ3d.FREE]:
+            iou = metrics["per_class"][name]["iou"]
+            if not math.isnan(iou):
+                run.writer.add_scalar(f"val_iou/{name}", iou, step)
+        picture = gt_vs_pred_image(first["semantics"], first["pred"], first["mask_camera"])
+        run.writer.add_image("val/bev_gt_vs_pred", picture, step, dataformats="HWC")
+        run.log(f"step {step}: val mIoU {100 * metrics['miou']:.2f}, geometry IoU {100 * metrics['geometry_iou']:.2f}")
+        return metrics
+    return validate

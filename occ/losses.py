@@ -1,11 +1,11 @@
-"""Losses: occupancy cross-entropy (SPEC 1.5), the optional four-loss variant, DistillOcc (SPEC 3)
-and the Occ-BEV focal loss (SPEC 5).
+"""Losses: occupancy cross-entropy (docs/training.md#losses), the optional four-loss variant, DistillOcc (docs/training.md#distillocc)
+and the Occ-BEV focal loss (docs/training.md#occ-bev-pre-training).
 
 Shapes used throughout (Occ3D grid indexed [x, y, z] in the ego frame):
   logits     (B, X, Y, Z, C)  float, C = 18 classes, class 17 = free
   labels     (B, X, Y, Z)     int64 in [0, C)
   mask       (B, X, Y, Z)     bool, e.g. mask_camera
-  BEV feature (B, C_bev, Y, X) float (rows = y, columns = x, as SPEC 5 writes the BEV layout)
+  BEV feature (B, C_bev, Y, X) float (rows = y, columns = x, as docs/architecture.md#grid-and-classes writes the BEV layout)
 Every loss is computed in float32 and returns a scalar tensor connected to the logits, so a batch
 with an empty mask gives 0 with a (zero) gradient rather than NaN.
 """
@@ -15,8 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-FREE_CLASS = 17         # Occ3D-nuScenes "free"
-LAST_FG_CLASS = 10      # classes 0..10 are foreground things, 11..16 background stuff
+from occ import occ3d
 
 
 def _check_grid(logits, labels, mask):
@@ -35,7 +34,7 @@ def _check_grid(logits, labels, mask):
 
 
 def masked_cross_entropy(logits, labels, mask, class_weights=None):
-    """Cross-entropy with per-voxel weight mask (SPEC 1.5):
+    """Cross-entropy with per-voxel weight mask (docs/training.md#losses):
 
         sum_v mask_v * w[label_v] * CE_v / max(sum_v mask_v, 1)
 
@@ -57,7 +56,7 @@ def masked_cross_entropy(logits, labels, mask, class_weights=None):
 
 # ------------------------------------------------------------------ the optional four-loss variant
 
-def count_class_voxels(labels, mask, num_classes=18):
+def count_class_voxels(labels, mask, num_classes=occ3d.NUM_CLASSES):
     """Voxel count per class (num_classes,) int64 of `labels` inside `mask`.
 
     Class frequencies for `class_weights_from_frequencies` are these counts summed over every
@@ -109,7 +108,7 @@ def sem_scal_loss(logits, labels, mask):
     return (per_class * present).sum() / present.sum().clamp(min=1)
 
 
-def geo_scal_loss(logits, labels, mask, free_class=FREE_CLASS):
+def geo_scal_loss(logits, labels, mask, free_class=occ3d.FREE):
     """MonoScene geometry scene-class affinity loss over the masked voxels.
 
     Occupied probability q = 1 - softmax(logits)[free_class], target o = [label != free_class]:
@@ -152,7 +151,7 @@ def lovasz_softmax_loss(logits, labels, mask):
     probs = logits.float().softmax(-1)[mask]                        # (N, C)
     target = F.one_hot(labels[mask], num_classes).float()           # (N, C)
     if target.shape[0] == 0:
-        return logits.sum() * 0.0
+        return logits.float().sum() * 0.0
     errors_sorted, order = (target - probs).abs().sort(dim=0, descending=True)
     per_class = (errors_sorted * _lovasz_jaccard_gradient(target.gather(0, order))).sum(0)   # (C,)
     present = target.sum(0) > 0
@@ -160,7 +159,7 @@ def lovasz_softmax_loss(logits, labels, mask):
 
 
 def four_losses(logits, labels, mask, class_weights):
-    """The optional "all four losses" variant of SPEC 1.5, each weight 1, all restricted to `mask`:
+    """The optional "all four losses" variant of docs/training.md#losses, each weight 1, all restricted to `mask`:
     class-weighted CE (w = `class_weights_from_frequencies`), sem_scal, geo_scal, Lovasz-softmax."""
     return {
         "loss_ce": masked_cross_entropy(logits, labels, mask, class_weights),
@@ -170,7 +169,7 @@ def four_losses(logits, labels, mask, class_weights):
     }
 
 
-# ------------------------------------------------------------------------- DistillOcc (SPEC 3)
+# ------------------------------------------------------------------------- DistillOcc (docs/training.md#distillocc)
 
 def distill_masks(labels):
     """Disjoint fg / bg / empty masks from a label grid (GT or teacher argmax) (B, X, Y, Z).
@@ -180,9 +179,9 @@ def distill_masks(labels):
     bg_col = it has no such voxel but has one in 11..16; empty_col = all its voxels are free.
     (The original's bg column mask overlapped fg; these are disjoint and cover every column.)
     """
-    fg = labels <= LAST_FG_CLASS
-    bg = (labels > LAST_FG_CLASS) & (labels < FREE_CLASS)
-    empty = labels == FREE_CLASS
+    fg = labels <= occ3d.LAST_THING
+    bg = (labels > occ3d.LAST_THING) & (labels < occ3d.FREE)
+    empty = labels == occ3d.FREE
     fg_col = fg.any(-1)
     return {"fg": fg, "bg": bg, "empty": empty,
             "fg_col": fg_col, "bg_col": bg.any(-1) & ~fg_col, "empty_col": empty.all(-1)}
@@ -214,7 +213,7 @@ def logit_cosine_distance(student_logits, teacher_logits, voxel_mask):
 
 def distill_losses(student_bev, student_logits, teacher_bev, teacher_logits, semantics,
                    mask_camera, labelled):
-    """The seven DistillOcc losses (SPEC 3), each weight 1, as a dict of named scalars.
+    """The seven DistillOcc losses (docs/training.md#distillocc), each weight 1, as a dict of named scalars.
 
     student_bev, teacher_bev: (B, 512, Y, X); student_logits, teacher_logits: (B, X, Y, Z, 18);
     semantics (B, X, Y, Z) int64 and mask_camera (B, X, Y, Z) bool, read only for samples with
@@ -243,7 +242,7 @@ def distill_losses(student_bev, student_logits, teacher_bev, teacher_logits, sem
     }
 
 
-# ---------------------------------------------------------------------- Occ-BEV focal (SPEC 5)
+# ---------------------------------------------------------------------- Occ-BEV focal (docs/training.md#occ-bev-pre-training)
 
 def occupancy_focal_loss(logits, occupied, alpha=0.25, gamma=2.0):
     """Sigmoid focal loss for Occ-BEV geometry pre-training.

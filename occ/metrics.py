@@ -1,4 +1,4 @@
-"""Occupancy metrics (SPEC section 8): Occ3D mIoU and geometry IoU, RayIoU with mAVE / OccScore,
+"""Occupancy metrics (docs/metrics.md): Occ3D mIoU and geometry IoU, RayIoU with mAVE / OccScore,
 and the OpenOccupancy SC IoU / SSC mIoU.
 
 Every metric is an accumulator: `update(...)` once per sample, `compute()` once per split. Counts
@@ -11,28 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-OCC3D_CLASS_NAMES = [
-    "others", "barrier", "bicycle", "bus", "car", "construction_vehicle", "motorcycle",
-    "pedestrian", "traffic_cone", "trailer", "truck", "driveable_surface", "other_flat",
-    "sidewalk", "terrain", "manmade", "vegetation", "free",
-]
-OCC3D_FREE = 17
-# OpenOcc v2 (occupancy + flow) orders its classes differently; free is 16.
-OPENOCC_CLASS_NAMES = [
-    "car", "truck", "trailer", "bus", "construction_vehicle", "bicycle", "motorcycle",
-    "pedestrian", "traffic_cone", "barrier", "driveable_surface", "other_flat", "sidewalk",
-    "terrain", "manmade", "vegetation", "free",
-]
-OPENOCC_FREE = 16
-OPENOCC_DYNAMIC_CLASSES = list(range(8))  # car ... pedestrian: the classes scored by AVE
-# OpenOccupancy: 0 empty, 1..16 semantic, 255 ignored.
-OPENOCCUPANCY_CLASS_NAMES = ["empty"] + OCC3D_CLASS_NAMES[1:17]
-OPENOCCUPANCY_IGNORE = 255
-
-# The Occ3D grid (SPEC 1.1): voxel centre = idx * 0.4 + 0.2 + GRID_MIN.
-GRID_MIN = np.array([-40.0, -40.0, -1.0])
-VOXEL_SIZE = 0.4
-GRID_SHAPE = (200, 200, 16)
+from occ import occ3d, openocc
 
 RAY_THRESHOLDS = (1.0, 2.0, 4.0)  # metres
 AVE_THRESHOLD = 2.0  # AVE is measured on the rays that are true positives at 2 m
@@ -41,7 +20,11 @@ ORIGIN_XY_LIMIT = 39.0  # an origin is used only if |x| and |y| are below this (
 
 
 def to_numpy(array):
-    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    """A tensor (any device; bfloat16, which numpy lacks, as float32) or array-like -> numpy array."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu()
+        return (array.float() if array.dtype == torch.bfloat16 else array).numpy()
+    return np.asarray(array)
 
 
 def check_labels(labels, num_classes, what):
@@ -85,7 +68,7 @@ def format_table(class_names, columns, mean_row):
 # --------------------------------------------------------------------------------------------
 # Occ3D mIoU
 class OccupancyMetric:
-    """Occ3D mIoU and geometry IoU over a split (SPEC 8).
+    """Occ3D mIoU and geometry IoU over a split (docs/metrics.md#occ3d-miou).
 
     One global confusion matrix (rows GT, columns prediction) is accumulated over every sample;
     per-class IoU comes from it at the end, never from per-sample averages. Only voxels with
@@ -94,7 +77,7 @@ class OccupancyMetric:
     from both GT and prediction is NaN and skipped, one absent from GT but predicted scores 0.
     """
 
-    def __init__(self, class_names=OCC3D_CLASS_NAMES):
+    def __init__(self, class_names=occ3d.CLASS_NAMES):
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.free_label = self.num_classes - 1
@@ -175,8 +158,8 @@ def cast_rays(occupied, origins, directions, max_steps=1000):
     """
     num_grids, grid_shape = occupied.shape[0], np.array(occupied.shape[1:])
     # Voxel units, float32 like the reference; direction = normalised (end - origin) in float64.
-    origin_vox = ((origins - GRID_MIN) / VOXEL_SIZE).astype(np.float32).astype(np.float64)
-    end_vox = ((origins + directions - GRID_MIN) / VOXEL_SIZE).astype(np.float32).astype(np.float64)
+    origin_vox = ((origins - occ3d.GRID_MIN) / occ3d.VOXEL_SIZE).astype(np.float32).astype(np.float64)
+    end_vox = ((origins + directions - occ3d.GRID_MIN) / occ3d.VOXEL_SIZE).astype(np.float32).astype(np.float64)
     ray = end_vox - origin_vox
     ray /= np.linalg.norm(ray, axis=1, keepdims=True)
     num_rays = len(ray)
@@ -231,7 +214,7 @@ def cast_rays(occupied, origins, directions, max_steps=1000):
         t_max[active, axis] += t_delta[active, axis]
         active = active[~found[:, active].all(0)]
     finish_unfound(active)
-    depth = depth_vox.astype(np.float32) * np.float32(VOXEL_SIZE)
+    depth = depth_vox.astype(np.float32) * np.float32(occ3d.VOXEL_SIZE)
     return depth, hit_voxel
 
 
@@ -263,7 +246,7 @@ def scene_lidar_origins(infos):
 
 
 class RayIoUMetric:
-    """RayIoU over a split (SPEC 8, SparseOcc), and with flow, mAVE and OccScore (OpenOcc).
+    """RayIoU over a split (docs/metrics.md#rayiou, SparseOcc), and with flow, mAVE and OccScore (OpenOcc).
 
     Per sample, the rays of `lidar_ray_directions()` are cast from each origin through the
     prediction and the GT; a ray's label is the class of the voxel where it stops. Rays whose GT
@@ -275,7 +258,7 @@ class RayIoUMetric:
     where an undefined mAVE (no dynamic-class TP ray at all) counts as the worst, a term of 0.
     """
 
-    def __init__(self, class_names=OCC3D_CLASS_NAMES, dynamic_classes=None, directions=None):
+    def __init__(self, class_names=occ3d.CLASS_NAMES, dynamic_classes=None, directions=None):
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.free_label = self.num_classes - 1
@@ -291,8 +274,8 @@ class RayIoUMetric:
         """pred, gt: (200, 200, 16) labels; origins: (T, 3) metres, ego frame;
         pred_flow, gt_flow: (200, 200, 16, 2) m/s, required when dynamic_classes was given."""
         pred, gt = to_numpy(pred).astype(np.int64), to_numpy(gt).astype(np.int64)
-        if pred.shape != GRID_SHAPE or gt.shape != GRID_SHAPE:
-            raise ValueError(f"RayIoU needs {GRID_SHAPE} grids, got prediction {pred.shape}, GT {gt.shape}")
+        if pred.shape != occ3d.GRID_SHAPE or gt.shape != occ3d.GRID_SHAPE:
+            raise ValueError(f"RayIoU needs {occ3d.GRID_SHAPE} grids, got prediction {pred.shape}, GT {gt.shape}")
         check_labels(pred, self.num_classes, "prediction")
         check_labels(gt, self.num_classes, "ground truth")
         origins = np.asarray(to_numpy(origins), dtype=np.float64).reshape(-1, 3)
@@ -366,7 +349,7 @@ class RayIoUMetric:
 
 # --------------------------------------------------------------------------------------------
 # OpenOccupancy (nuScenes-Occupancy)
-def upsample_logits(logits, size=(512, 512, 40)):
+def upsample_logits(logits, size=openocc.OPENOCCUPANCY_GRID_SHAPE):
     """(B, C, X, Y, Z) logits -> (B, C, *size), trilinear (align_corners=False), as OpenOccupancy
     scores a coarser prediction on its 512 x 512 x 40 grid."""
     return F.interpolate(logits, size=size, mode="trilinear", align_corners=False)
@@ -377,7 +360,7 @@ class SSCMetric:
     one dataset-global confusion matrix; GT voxels labelled 255 are ignored. Predictions must
     already be at the GT resolution (see `upsample_logits`)."""
 
-    def __init__(self, class_names=OPENOCCUPANCY_CLASS_NAMES, ignore_label=OPENOCCUPANCY_IGNORE):
+    def __init__(self, class_names=openocc.OPENOCCUPANCY_CLASS_NAMES, ignore_label=openocc.OPENOCCUPANCY_IGNORE):
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.ignore_label = ignore_label

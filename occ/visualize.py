@@ -8,34 +8,13 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from occ.metrics import OCC3D_CLASS_NAMES, OCC3D_FREE
+from occ import occ3d
 
-# Occ3D visualisation colours (RGB), free drawn white.
-OCC3D_PALETTE = np.array([
-    [0, 0, 0],        # others
-    [255, 120, 50],   # barrier
-    [255, 192, 203],  # bicycle
-    [255, 255, 0],    # bus
-    [0, 150, 245],    # car
-    [0, 255, 255],    # construction_vehicle
-    [200, 180, 0],    # motorcycle
-    [255, 0, 0],      # pedestrian
-    [255, 240, 150],  # traffic_cone
-    [135, 60, 0],     # trailer
-    [160, 32, 240],   # truck
-    [255, 0, 255],    # driveable_surface
-    [175, 0, 75],     # other_flat
-    [75, 0, 75],      # sidewalk
-    [150, 240, 80],   # terrain
-    [230, 230, 250],  # manmade
-    [0, 175, 0],      # vegetation
-    [255, 255, 255],  # free
-], dtype=np.uint8)
 HIDDEN_GREY = np.array([96, 96, 96], dtype=np.float64)  # blended into columns the cameras do not see
 BACKGROUND = 255
 
 
-def top_labels(grid, free_label=OCC3D_FREE):
+def top_labels(grid, free_label=occ3d.FREE):
     """(X, Y, Z) labels -> (X, Y) label of the top-most non-free voxel of each column (free_label
     where the column is empty)."""
     grid = np.asarray(grid)
@@ -45,7 +24,7 @@ def top_labels(grid, free_label=OCC3D_FREE):
     return np.where(occupied.any(2), labels, free_label)
 
 
-def bev_semantic_map(grid, visible=None, palette=OCC3D_PALETTE, free_label=OCC3D_FREE, scale=1):
+def bev_semantic_map(grid, visible=None, palette=occ3d.PALETTE, free_label=occ3d.FREE, scale=1):
     """(X, Y, Z) labels -> (X * scale, Y * scale, 3) uint8 bird's-eye picture, ego forward up.
 
     visible: optional (X, Y, Z) or (X, Y) mask (e.g. mask_camera); columns with no visible voxel
@@ -72,7 +51,7 @@ def titled(image, title, bar_height=14):
     return np.asarray(canvas)
 
 
-def legend(class_names=OCC3D_CLASS_NAMES[:OCC3D_FREE], palette=OCC3D_PALETTE, width=400, columns=3):
+def legend(class_names=occ3d.CLASS_NAMES[:occ3d.FREE], palette=occ3d.PALETTE, width=400, columns=3):
     """A white (rows * 14, width, 3) uint8 strip of colour swatches with class names."""
     rows = -(-len(class_names) // columns)
     canvas = Image.new("RGB", (width, rows * 14 + 2), (BACKGROUND,) * 3)
@@ -85,7 +64,7 @@ def legend(class_names=OCC3D_CLASS_NAMES[:OCC3D_FREE], palette=OCC3D_PALETTE, wi
     return np.asarray(canvas)
 
 
-def gt_vs_pred_image(gt, pred, visible=None, free_label=OCC3D_FREE, scale=2, gap=8):
+def gt_vs_pred_image(gt, pred, visible=None, free_label=occ3d.FREE, scale=2, gap=8):
     """GT and prediction bird's-eye maps side by side (titles above, class legend below), with
     the columns outside `visible` (e.g. mask_camera) greyed in both. Returns uint8 (H, W, 3)."""
     gt, pred = np.asarray(gt), np.asarray(pred)
@@ -115,7 +94,7 @@ def cube_sprite(scale):
     return du[keep], dv[keep], shade[keep]
 
 
-def voxel_render(grid, free_label=OCC3D_FREE, palette=OCC3D_PALETTE, scale=1):
+def voxel_render(grid, free_label=occ3d.FREE, palette=occ3d.PALETTE, scale=1):
     """Isometric 3-D rendering of the non-free voxels, seen from above, behind and left of the
     ego (z-buffered per pixel, top faces lit, sides shaded). Returns uint8 (H, W, 3)."""
     grid = np.asarray(grid)

@@ -1,6 +1,7 @@
 """Atomic checkpoints, clear load errors, partial load reports, latest-checkpoint lookup."""
 import dataclasses
 import json
+import os
 from typing import Tuple
 
 import pytest
@@ -24,7 +25,12 @@ def test_save_and_load_round_trip_writes_config_json(tmp_path):
     assert loaded["step"] == 5
     torch.testing.assert_close(loaded["model"]["weight"], model.weight.detach())
     assert loaded["config"] == {"name": "tiny", "stages": [2, 3]}
-    assert json.loads((tmp_path / "work" / "config.json").read_text()) == {"name": "tiny", "stages": [2, 3]}
+    assert json.loads((tmp_path / "work" / "config.json").read_text()) == {"config": {"name": "tiny", "stages": [2, 3]},
+                                                                            "run": None}
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (path, tmp_path / "work" / "config.json"):   # not the 0600 of a temporary file
+        assert written.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_a_crash_mid_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):

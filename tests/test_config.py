@@ -26,7 +26,7 @@ def test_presets_are_fresh_objects():
     assert get_config("effocc_fusion_r18").train.lr == 4e-4
 
 
-def test_published_settings():
+def test_presets_hold_the_published_settings():
     r18 = get_config("effocc_fusion_r18")
     assert r18.data.image_size == (256, 704) and r18.data.num_sweeps == 9 and r18.data.batch_size == 8
     assert r18.model.depth_bins == (1.0, 45.0, 0.5) and r18.model.max_voxels == (90000, 120000)

@@ -89,11 +89,11 @@ def test_depth_maps_match_the_devkit(camera_info_path, explorer):
 
 
 def test_augmented_depth_maps_undo_to_the_devkit_pixels(camera_info_path, explorer):
-    torch.manual_seed(0)
     dataset = NuScenesOccDataset(REAL_ROOT, camera_info_path, train=True, num_sweeps=0,
                                  load_images=False, load_gt=False)
     flips = 0
-    for _ in range(3):
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
         for index, info in enumerate(dataset.infos):
             sample = dataset[index]
             assert sample["depth_maps"].shape == (6, 256, 704)
@@ -118,6 +118,9 @@ def test_augmented_depth_maps_undo_to_the_devkit_pixels(camera_info_path, explor
                 aug = np.stack([u, v], axis=1) @ post_rot[:2, :2].T + post_tran[:2]
                 point_cols, point_rows = np.floor(aug[:, 0] + 0.5).astype(int), np.floor(aug[:, 1] + 0.5).astype(int)
                 inside = (point_cols >= 0) & (point_cols < 704) & (point_rows >= 0) & (point_rows < 256)
+                # a point within 0.01 px of the image border may round to just outside it in float32
+                inside &= (np.abs(aug[:, 0] - [[-0.5], [703.5]]) > 0.01).all(axis=0)
+                inside &= (np.abs(aug[:, 1] - [[-0.5], [255.5]]) > 0.01).all(axis=0)
                 at_points = nearest_within_one_pixel(ours)[point_rows[inside], point_cols[inside]]
                 assert (at_points <= depth[inside] + 0.01).all()
     assert 0 < flips < 36
@@ -271,9 +274,9 @@ def test_bev_flip_moves_points_gt_and_flow_together(info_paths, tmp_path):
     with open(info_path, "wb") as f:
         pickle.dump({"version": VERSION, "split": "one", "infos": [info]}, f)
     dataset = NuScenesOccDataset(str(tmp_path), str(info_path), train=True, load_images=False, load_depth=False)
-    torch.manual_seed(0)
     seen = set()
-    for _ in range(12):
+    for epoch in range(12):  # the augmentation depends on (seed, epoch, index) only
+        dataset.set_epoch(epoch)
         sample = dataset[0]
         bda = sample["bda"].double().numpy()
         seen.add((bda[0, 0], bda[1, 1]))
@@ -316,9 +319,9 @@ def test_synthetic_points_sit_in_occupied_gt_voxels(synthetic_root, synthetic_in
     key-frame points fall into voxels the GT marks occupied and LiDAR-observed."""
     dataset = NuScenesOccDataset(synthetic_root, synthetic_infos["mini_train"], train=True, num_sweeps=0,
                                  load_images=False, load_depth=False, occ_gt_dir=occ_gt_dir)
-    torch.manual_seed(0)
     flips = set()
     for step in range(8):
+        dataset.set_epoch(step)
         sample = dataset[step % len(dataset)]
         flips.add(tuple(sample["bda"].diagonal()[:2].tolist()))
         index = voxel_indices(sample["points"].numpy())
@@ -369,15 +372,15 @@ def test_lifted_depth_pixels_sit_in_occupied_gt_voxels(synthetic_root, synthetic
     then bda) agrees with the GT grid under random image and BEV augmentation: the depth-map pixels,
     lifted at their LiDAR depth, fall into occupied GT voxels; without the sample's bda they do not.
     (What makes a camera-only model learnable: its BEV features land where the labels are.)"""
-    from occ.models import LSSViewTransformer
+    from occ.models.view_transform import LSSViewTransformer
     view_transformer = LSSViewTransformer(8, 1, (128, 352), 16, (1.0, 45.0, 0.5), (-40, -40, -1, 40, 40, 5.4), 0.4,
                                           use_lidar_depth=False)
     # key-frame points only: sweep points of moving objects are not where the key-frame GT has them
     dataset = NuScenesOccDataset(synthetic_root, synthetic_infos["mini_train"], train=True, image_size=(128, 352),
                                  num_sweeps=0)
-    torch.manual_seed(1)
     flipped = []
     for step in range(8):
+        dataset.set_epoch(step)
         sample = dataset[step % len(dataset)]
         assert not torch.equal(sample["post_rot"][0], sample["post_rot"][1])  # augmented per camera
         right = fraction_in_occupied_voxels(lift_depth_pixels(view_transformer, sample, sample["bda"]),

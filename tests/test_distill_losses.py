@@ -1,4 +1,4 @@
-"""DistillOcc masks and losses (SPEC 3) and the Occ-BEV focal loss (SPEC 5) against hand computation."""
+"""DistillOcc masks and losses (docs/training.md#distillocc) and the Occ-BEV focal loss (docs/training.md#occ-bev-pre-training) against hand computation."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""EMA of all float state with the ramped decay of SPEC 1.5."""
+"""EMA of all float state with the ramped decay of docs/training.md#ema."""
 import math
 
 import pytest

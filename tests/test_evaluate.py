@@ -137,6 +137,7 @@ def test_single_unnamed_array_is_accepted(tmp_path):
     assert (evaluate.load_prediction(str(tmp_path / "x.npz")) == semantics).all()
 
 
+@pytest.mark.slow
 def test_checkpoint_mode_uses_ema_and_writes_submission(tmp_path):
     write_dataset(tmp_path, {"scene-a": ["a0"]})  # one sample: a forward pass takes seconds on a CPU
     cfg = get_config("effocc_lidar_tiny")

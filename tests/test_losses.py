@@ -1,4 +1,4 @@
-"""Occupancy losses (SPEC 1.5) on tiny hand-made grids, checked against hand computation."""
+"""Occupancy losses (docs/training.md#losses) on tiny hand-made grids, checked against hand computation."""
 import math
 
 import pytest

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from occ import metrics
+from occ import metrics, occ3d, openocc
 
-FREE = metrics.OCC3D_FREE
+FREE = occ3d.FREE
 OTHERS, BICYCLE, CAR, DRIVEABLE, VEGETATION = 0, 2, 4, 11, 16
 
 
@@ -51,7 +51,7 @@ def test_confusion_is_accumulated_globally_not_averaged_per_sample():
 
 def test_accepts_torch_tensors_and_full_grids():
     rng = np.random.default_rng(0)
-    gt = rng.integers(0, 18, size=(200, 200, 16)).astype(np.uint8)
+    gt = rng.integers(0, occ3d.NUM_CLASSES, size=occ3d.GRID_SHAPE).astype(np.uint8)
     mask = rng.random(gt.shape) < 0.5
     metric = metrics.OccupancyMetric()
     metric.update(torch.from_numpy(gt), torch.from_numpy(gt), torch.from_numpy(mask))
@@ -83,7 +83,7 @@ def test_table_lists_classes_and_mean():
 
 
 def test_ssc_metric_openoccupancy():
-    ignore = metrics.OPENOCCUPANCY_IGNORE
+    ignore = openocc.OPENOCCUPANCY_IGNORE
     gt = np.array([0, 0, 1, 1, 16, ignore, 5])
     pred = np.array([0, 1, 1, 0, 16, 3, 5])
     metric = metrics.SSCMetric()

@@ -6,8 +6,9 @@ import torchvision
 import occ.ops
 from occ import geometry
 from occ.config import apply_overrides, get_config, preset_names
-from occ.models import build_model, example_batch, load_pretrained
-from occ.models.image import ResNetTrunk
+from occ.models import build_model
+from occ.models.example_inputs import example_batch
+from occ.models.image_backbone import ResNetTrunk, load_pretrained
 from occ.models.lidar import LidarBranch, SparseConvolution
 from occ.models.view_transform import GEOMETRY_KEYS, LSSViewTransformer
 

@@ -24,7 +24,7 @@ IDENTITY = np.eye(4)
 
 
 def voxel_centre(index):
-    """Occ3D voxel centre (SPEC): idx * 0.4 + 0.2 + [-40, -40, -1]."""
+    """Occ3D voxel centre (docs/data.md#occ3d-nuscenes-ground-truth): idx * 0.4 + 0.2 + [-40, -40, -1]."""
     return np.asarray(index) * 0.4 + 0.2 + LOWER
 
 

@@ -1,4 +1,4 @@
-"""BEV pooling (SPEC 6.1): the compiled CPU/CUDA kernels against the plain-PyTorch reference and an
+"""BEV pooling (docs/architecture.md#bev-pooling): the compiled CPU/CUDA kernels against the plain-PyTorch reference and an
 independent loop, gradients (gradcheck in float64), input validation, and the reference fallback."""
 import os
 import warnings

@@ -1,4 +1,4 @@
-"""Voxelisation (SPEC 6.2): compiled CPU/CUDA kernels against the reference and a literal
+"""Voxelisation (docs/architecture.md#voxelisation): compiled CPU/CUDA kernels against the reference and a literal
 sequential implementation, agreement with spconv's PointToVoxel, and input validation."""
 import math
 
@@ -30,7 +30,7 @@ def random_cloud(num_points, num_features, seed, dtype=torch.float32, duplicates
 
 
 def sequential_voxelize(points, voxel_size, pc_range, max_points, max_voxels):
-    """SPEC 6.2 written literally: one pass in input order with a dict of cells."""
+    """docs/architecture.md#voxelisation written literally: one pass in input order with a dict of cells."""
     grid = [round((pc_range[a + 3] - pc_range[a]) / voxel_size[a]) for a in range(3)]
     voxel_of_cell, voxel_points, voxel_coords = {}, [], []
     for point in points.tolist():

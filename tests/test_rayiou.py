@@ -3,10 +3,10 @@ import math
 import numpy as np
 import pytest
 
-from occ import metrics
+from occ import metrics, occ3d, openocc
 from occ.geometry import make_transform, yaw_to_quaternion
 
-FREE = metrics.OCC3D_FREE
+FREE = occ3d.FREE
 CAR, DRIVEABLE, MANMADE, VEGETATION = 4, 11, 15, 16
 
 
@@ -15,7 +15,7 @@ def brute_force_first_hit(occupied, origin_m, direction):
     the first box entered (smallest entry distance, clamped at 0 for the box holding the origin)
     is the hit, its exit distance the depth. No hit: exit distance of the whole grid, voxel None;
     a ray that misses the grid: (None, None)."""
-    origin = (np.asarray(origin_m) - metrics.GRID_MIN) / metrics.VOXEL_SIZE
+    origin = (np.asarray(origin_m) - occ3d.GRID_MIN) / occ3d.VOXEL_SIZE
     direction = np.asarray(direction, np.float64) / np.linalg.norm(direction)
     with np.errstate(divide="ignore", invalid="ignore"):
         inverse = 1.0 / direction
@@ -30,10 +30,10 @@ def brute_force_first_hit(occupied, origin_m, direction):
     crossed = t_far > t_near
     if crossed.any():
         first = np.flatnonzero(crossed)[np.argmin(t_near[crossed])]
-        return t_far[first] * metrics.VOXEL_SIZE, tuple(boxes[first])
+        return t_far[first] * occ3d.VOXEL_SIZE, tuple(boxes[first])
     grid_entry, grid_exit = slab(np.zeros(3), np.array(occupied.shape, np.float64))
     if grid_exit > max(grid_entry, 0.0):
-        return grid_exit * metrics.VOXEL_SIZE, None
+        return grid_exit * occ3d.VOXEL_SIZE, None
     return None, None
 
 
@@ -80,7 +80,7 @@ def test_cast_rays_matches_brute_force_box_intersection():
 
 
 def wall_scene(wall_index, label=CAR):
-    grid = np.full(metrics.GRID_SHAPE, FREE, dtype=np.uint8)
+    grid = np.full(occ3d.GRID_SHAPE, FREE, dtype=np.uint8)
     grid[wall_index, :, :] = label  # a wall filling the plane x = wall_index
     return grid
 
@@ -118,7 +118,7 @@ def test_wall_shifted_by_1_6m_is_a_hit_at_2_and_4_m_only():
 
 
 def test_wrong_class_or_missed_wall_scores_zero():
-    for pred in (wall_scene(150, label=VEGETATION), np.full(metrics.GRID_SHAPE, FREE, np.uint8)):
+    for pred in (wall_scene(150, label=VEGETATION), np.full(occ3d.GRID_SHAPE, FREE, np.uint8)):
         metric = forward_rays_metric()
         metric.update(pred, wall_scene(150), ORIGINS)
         result = metric.compute()
@@ -160,9 +160,9 @@ def test_classes_are_counted_per_ray_and_accumulated_over_samples():
 
 def test_default_rays_perfect_and_wrong_predictions():
     rng = np.random.default_rng(1)
-    gt = np.full(metrics.GRID_SHAPE, FREE, dtype=np.uint8)
+    gt = np.full(occ3d.GRID_SHAPE, FREE, dtype=np.uint8)
     gt[:, :, :2] = DRIVEABLE
-    gt[rng.random(metrics.GRID_SHAPE) < 0.01] = CAR
+    gt[rng.random(occ3d.GRID_SHAPE) < 0.01] = CAR
     origins = np.array([[0.9, 0.0, 1.8], [-12.0, 3.0, 1.9]])
     perfect = metrics.RayIoUMetric()
     perfect.update(gt, gt, origins)
@@ -177,14 +177,14 @@ def test_default_rays_perfect_and_wrong_predictions():
 
 
 def test_mave_and_occ_score_on_openocc_classes():
-    car, free = 0, metrics.OPENOCC_FREE
-    gt = np.full(metrics.GRID_SHAPE, free, dtype=np.uint8)
+    car, free = 0, openocc.FREE
+    gt = np.full(occ3d.GRID_SHAPE, free, dtype=np.uint8)
     gt[150] = car
-    gt_flow = np.zeros(metrics.GRID_SHAPE + (2,), np.float32)
+    gt_flow = np.zeros(occ3d.GRID_SHAPE + (2,), np.float32)
     gt_flow[150] = [3.0, 0.0]
     pred_flow = gt_flow.copy()
     pred_flow[150] = [3.0, 0.5]
-    metric = metrics.RayIoUMetric(metrics.OPENOCC_CLASS_NAMES, metrics.OPENOCC_DYNAMIC_CLASSES,
+    metric = metrics.RayIoUMetric(openocc.CLASS_NAMES, openocc.DYNAMIC_CLASSES,
                                   directions=[[1.0, 0, 0]])
     metric.update(gt, gt, ORIGINS, pred_flow, gt_flow)
     result = metric.compute()

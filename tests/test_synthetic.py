@@ -12,6 +12,7 @@ from nuscenes.utils.splits import create_splits_scenes
 from datasets.make_synthetic import main as make_synthetic
 from datasets.synthetic import camera, catalog as C, occupancy, raycast
 from datasets.synthetic.generate import Options, build_world, generate, scene_sun, timestamp_us, token
+from occ import occ3d, openocc
 from occ.geometry import invert_transform, make_transform, project_to_image, transform_points
 
 
@@ -86,8 +87,8 @@ def test_lidar_points_fall_in_gt_voxels_of_their_class(synthetic_root, nusc):
         points, cls, sd = keyframe_points(synthetic_root, nusc, sample)
         calib = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
         ego = transform_points(make_transform(calib["rotation"], calib["translation"]), points[:, :3].astype(np.float64))
-        ijk = np.floor((ego - occupancy.GRID_MIN) / occupancy.VOXEL).astype(int)
-        inside = np.all((ijk >= 0) & (ijk < occupancy.SHAPE), axis=1)
+        ijk = np.floor((ego - occ3d.GRID_MIN) / occ3d.VOXEL_SIZE).astype(int)
+        inside = np.all((ijk >= 0) & (ijk < occ3d.GRID_SHAPE), axis=1)
         semantics = load_gt(synthetic_root, nusc, sample)["semantics"]
         voxel_cls = semantics[ijk[inside, 0], ijk[inside, 1], ijk[inside, 2]]
         agree += int((voxel_cls == cls[inside]).sum())
@@ -151,9 +152,9 @@ def test_masks(synthetic_root, nusc):
 def test_flow_and_box_velocity(synthetic_root, nusc):
     moving_checked = 0
     for sample in nusc.sample:
-        openocc = load_gt(synthetic_root, nusc, sample, "openocc_v2")
-        semantics, flow = openocc["semantics"], openocc["flow"]
-        static = np.isin(semantics, [C.OPENOCC_CLASSES.index(n) for n in
+        gt = load_gt(synthetic_root, nusc, sample, openocc.GT_DIR)
+        semantics, flow = gt["semantics"], gt["flow"]
+        static = np.isin(semantics, [openocc.CLASS_NAMES.index(n) for n in
                                      ("barrier", "traffic_cone", "driveable_surface", "other_flat", "sidewalk",
                                       "terrain", "manmade", "vegetation", "free")])
         assert not flow[static].any()
@@ -163,7 +164,7 @@ def test_flow_and_box_velocity(synthetic_root, nusc):
             ann = nusc.get("sample_annotation", ann_token)
             velocity = nusc.box_velocity(ann_token)
             centre = transform_points(global2ego, np.array([ann["translation"]]))[0]
-            ijk = np.floor((centre - occupancy.GRID_MIN) / occupancy.VOXEL).astype(int)
+            ijk = np.floor((centre - occ3d.GRID_MIN) / occ3d.VOXEL_SIZE).astype(int)
             if np.isnan(velocity).any() or np.linalg.norm(velocity) < 1 or not np.all((ijk >= 0) & (ijk < 200)):
                 continue
             expected = global2ego[:2, :2] @ velocity[:2]
@@ -197,8 +198,8 @@ def test_openoccupancy_holds_the_keyframe_points(synthetic_root, nusc):
         assert rows.ndim == 2 and rows.shape[1] == 4
         assert rows[:, 3].max() <= 16 and (rows[:, :3] < [40, 512, 512]).all()
         occupied = set(map(tuple, rows[:, :3].tolist()))
-        ijk = np.floor((points[:, :3] - occupancy.OPENOCC_MIN) / occupancy.OPENOCC_VOXEL).astype(int)
-        inside = np.all((ijk >= 0) & (ijk < occupancy.OPENOCC_SHAPE), axis=1)
+        ijk = np.floor((points[:, :3] - openocc.OPENOCCUPANCY_GRID_MIN) / openocc.OPENOCCUPANCY_VOXEL_SIZE).astype(int)
+        inside = np.all((ijk >= 0) & (ijk < openocc.OPENOCCUPANCY_GRID_SHAPE), axis=1)
         found = [(z, y, x) in occupied for x, y, z in ijk[inside]]
         assert np.mean(found) == 1.0
 

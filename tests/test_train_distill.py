@@ -14,8 +14,9 @@ from datasets import prepare_nuscenes
 from occ.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from occ.config import get_config
 from occ.ema import EMA
-from occ.loop import select_scenes
-from occ.models import build_model, example_batch
+from occ.data import select_scenes
+from occ.models import build_model
+from occ.models.example_inputs import example_batch
 
 STUDENT, TEACHER = "distillocc_r50_tiny", "effocc_fusion_r18_tiny"
 LOSS_NAMES = ["loss_ce", "loss_feat_fg", "loss_feat_bg", "loss_feat_empty", "loss_logit_fg", "loss_logit_bg",
@@ -51,7 +52,8 @@ class FakeScenes(torch.utils.data.Dataset):
         return len(self.infos)
 
     def __getitem__(self, index):
-        return {"semantics": torch.full((2, 2, 2), 4), "mask_camera": torch.ones(2, 2, 2, dtype=torch.bool)}
+        return {"sample_token": self.infos[index]["token"], "semantics": torch.full((2, 2, 2), 4),
+                "mask_camera": torch.ones(2, 2, 2, dtype=torch.bool)}
 
 
 def test_labelled_fraction_marks_the_seeded_scenes_the_camera_only_run_trains_on():

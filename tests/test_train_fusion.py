@@ -1,4 +1,5 @@
-"""train_fusion.py end to end on the small synthetic world: steps, resume, two processes, errors."""
+"""train_fusion.py end to end on the small synthetic world: budgets, scene fractions, two processes,
+--init-from, errors (resume: tests/test_resume.py; faults: tests/test_faults_training.py)."""
 import argparse
 import os
 import subprocess
@@ -11,7 +12,8 @@ import train_fusion
 from datasets import prepare_nuscenes
 from datasets.build import dataset_from_config, info_path
 from occ.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from occ.loop import add_training_args, budget_args
+from cli import add_training_args, budget_args
+from occ.data import select_scenes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = "effocc_lidar_tiny"   # the cheapest model: keeps the suite fast
@@ -33,23 +35,6 @@ def train(data_root, work_dir, *extra):
     return train_fusion.main(argv)
 
 
-def test_resume_after_interruption_gives_the_same_weights(data_root, tmp_path):
-    train(data_root, tmp_path / "straight", "--max-steps", "2")
-    train(data_root, tmp_path / "resumed", "--max-steps", "1")
-    position = train(data_root, tmp_path / "resumed", "--max-steps", "2", "--resume")
-    assert position.step == 2
-    straight = load_checkpoint(latest_checkpoint(tmp_path / "straight"))
-    resumed = load_checkpoint(latest_checkpoint(tmp_path / "resumed"))
-    assert straight["step"] == resumed["step"] == 2
-    for key, value in straight["model"].items():
-        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)
-    for key, value in straight["ema"]["model"].items():
-        torch.testing.assert_close(resumed["ema"]["model"][key], value, rtol=0, atol=0, msg=key)
-    # training moved the weights away from their initial values
-    first = load_checkpoint(tmp_path / "resumed" / "step_00000001.pt")
-    assert any(not torch.equal(first["model"][k], v) for k, v in straight["model"].items())
-
-
 def test_budget_args_drive_the_training_scripts(data_root, tmp_path):
     # A step budget wins over minutes and stops training there; without steps the minutes apply.
     assert train(data_root, tmp_path / "steps", *budget_args(2, 60.0)).step == 2
@@ -65,14 +50,15 @@ def test_scenes_fraction_selects_seeded_scenes(data_root):
         ["--config", PRESET, "--data-root", data_root, "--work-dir", "unused"]))
     dataset = dataset_from_config(cfg, data_root, info_path(data_root, "mini_train"), train=True)
     everything = list(dataset.infos)
-    train_fusion.select_scenes(dataset, 1.0)
+    select_scenes(dataset, 1.0)
     assert dataset.infos == everything
     # one training scene: a fraction of 0.4 rounds to no scene and must be refused, not ignored
     with pytest.raises(ValueError, match="selects no scene"):
-        train_fusion.select_scenes(dataset, 0.4)
+        select_scenes(dataset, 0.4)
 
 
-def test_two_processes_train_together(data_root, tmp_path):
+@pytest.mark.slow
+def test_two_processes_run_a_step_together(data_root, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2 train_fusion.py --cpu` runs two gloo
     processes on a CPU-only machine (accelerate's --cpu launcher alone starts one)."""
     work_dir = tmp_path / "ddp"
@@ -110,6 +96,7 @@ def test_truncated_and_mismatched_checkpoints_are_refused(data_root, tmp_path):
         train(data_root, tmp_path / "other", "--max-steps", "1", "--init-from", str(foreign))
 
 
+@pytest.mark.slow
 def test_init_from_reports_loaded_and_missing_keys(data_root, tmp_path, capsys):
     train(data_root, tmp_path / "source", "--max-steps", "1")
     source = load_checkpoint(latest_checkpoint(tmp_path / "source"))

@@ -1,14 +1,14 @@
 import numpy as np
 from PIL import Image
 
-from occ import visualize
+from occ import occ3d, visualize
 
-FREE, CAR, DRIVEABLE, VEGETATION = 17, 4, 11, 16
-PALETTE = visualize.OCC3D_PALETTE
+FREE, PALETTE = occ3d.FREE, occ3d.PALETTE
+CAR, DRIVEABLE, VEGETATION = 4, 11, 16
 
 
 def scene():
-    grid = np.full((200, 200, 16), FREE, dtype=np.uint8)
+    grid = np.full(occ3d.GRID_SHAPE, FREE, dtype=np.uint8)
     grid[:, :, 1] = DRIVEABLE
     grid[150, 30, 2:5] = CAR        # a car column ahead, to the right
     grid[150, 30, 7] = VEGETATION   # with a branch above it: the top-most non-free voxel wins
@@ -38,7 +38,7 @@ def test_bev_map_colours_and_orientation():
 
 
 def test_hidden_columns_are_greyed():
-    visible = np.zeros((200, 200, 16), dtype=bool)
+    visible = np.zeros(occ3d.GRID_SHAPE, dtype=bool)
     visible[100:, :, 3] = True  # the cameras see the front half only
     image = visualize.bev_semantic_map(scene(), visible)
     assert (image[199 - 150, 199 - 30] == PALETTE[VEGETATION]).all()  # visible: true colour

@@ -1,7 +1,8 @@
 """A procedural driving world written as a nuScenes-format dataset (see datasets/make_synthetic.py).
 
 Modules, one job each:
-  catalog.py    facts reused from real nuScenes: classes, category/attribute/sensor tokens,
+  catalog.py    facts reused from real nuScenes: Occ3D class indices (the class list itself is
+                occ.occ3d), the category -> class mapping, category/attribute/sensor tokens,
                 calibration, mean object sizes, the v1.0-mini scene names
   world.py      one scene: road layout, static stuff, agents and their constant-velocity motion
   raycast.py    vectorised ray / yaw-only-box and ray / ground-plane intersection

@@ -15,7 +15,7 @@ from datasets.synthetic import catalog as C
 from datasets.synthetic import raycast, world as W
 from datasets.synthetic.raycast import GROUND, MISS
 
-MAX_INTERNAL_WIDTH = 704  # the network input width (SPEC 1.1)
+MAX_INTERNAL_WIDTH = 704  # the network input width (docs/architecture.md#grid-and-classes)
 GROUND_COLOUR = {C.DRIVEABLE: (0.27, 0.27, 0.29), C.OTHER_FLAT: (0.55, 0.42, 0.36),
                  C.SIDEWALK: (0.62, 0.6, 0.56), C.TERRAIN: (0.33, 0.45, 0.2)}
 

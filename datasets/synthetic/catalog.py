@@ -6,26 +6,12 @@ calibration are the real nuScenes values (they are facts about the dataset); mea
 """
 import numpy as np
 
-# Occ3D-nuScenes classes (SPEC 1.1); index 17 is free.
-OCC3D_CLASSES = (
-    "others", "barrier", "bicycle", "bus", "car", "construction_vehicle", "motorcycle",
-    "pedestrian", "traffic_cone", "trailer", "truck", "driveable_surface", "other_flat",
-    "sidewalk", "terrain", "manmade", "vegetation", "free",
-)
-FREE = 17
-(OTHERS, BARRIER, BICYCLE, BUS, CAR, CONSTRUCTION, MOTORCYCLE, PEDESTRIAN, CONE, TRAILER, TRUCK,
- DRIVEABLE, OTHER_FLAT, SIDEWALK, TERRAIN, MANMADE, VEGETATION) = range(17)
+from occ import occ3d
 
-# OpenOcc v2 class order (SPEC 7); 16 is free. Occ3D "others" has no OpenOcc class and becomes free.
-OPENOCC_CLASSES = (
-    "car", "truck", "trailer", "bus", "construction_vehicle", "bicycle", "motorcycle", "pedestrian",
-    "traffic_cone", "barrier", "driveable_surface", "other_flat", "sidewalk", "terrain", "manmade",
-    "vegetation", "free",
-)
-OPENOCC_FREE = 16
-OCC3D_TO_OPENOCC = np.array(
-    [OPENOCC_FREE] + [OPENOCC_CLASSES.index(name) for name in OCC3D_CLASSES[1:17]] + [OPENOCC_FREE],
-    dtype=np.uint8)  # (18,) Occ3D index -> OpenOcc index
+# Occ3D-nuScenes class indices, in the order of occ.occ3d.CLASS_NAMES (the one class list: the
+# synthetic GT is written with it; free is occ3d.FREE, the OpenOcc v2 order is in occ.openocc).
+(OTHERS, BARRIER, BICYCLE, BUS, CAR, CONSTRUCTION, MOTORCYCLE, PEDESTRIAN, CONE, TRAILER, TRUCK,
+ DRIVEABLE, OTHER_FLAT, SIDEWALK, TERRAIN, MANMADE, VEGETATION) = range(occ3d.FREE)
 
 # nuScenes categories: (token, name, lidarseg index) as in the real category.json.
 CATEGORIES = (

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from datasets.synthetic import camera, catalog as C, lidar, occupancy
 from datasets.synthetic.world import World
+from occ import occ3d, openocc
 from occ.geometry import make_transform, yaw_to_quaternion
 
 VERSION = "v1.0-mini"
@@ -205,13 +206,12 @@ def keyframe_task(args):
     mask_lidar = occupancy.lidar_mask(lidar_views, hits_ego)
     mask_camera = occupancy.camera_mask(camera_views, mask_lidar)
     flow = occupancy.flow_grid(world, instance, ego2global_key)
-    gt_dir = os.path.join(options.out, "gts", name, sample_tok)
-    os.makedirs(gt_dir, exist_ok=True)
-    np.savez_compressed(os.path.join(gt_dir, "labels.npz"), semantics=semantics, mask_lidar=mask_lidar,
-                        mask_camera=mask_camera)
-    openocc_dir = os.path.join(options.out, "openocc_v2", name, sample_tok)
-    os.makedirs(openocc_dir, exist_ok=True)
-    np.savez_compressed(os.path.join(openocc_dir, "labels.npz"), semantics=C.OCC3D_TO_OPENOCC[semantics],
+    gt_file = occ3d.gt_path(options.out, name, sample_tok)
+    os.makedirs(os.path.dirname(gt_file), exist_ok=True)
+    np.savez_compressed(gt_file, semantics=semantics, mask_lidar=mask_lidar, mask_camera=mask_camera)
+    openocc_file = occ3d.gt_path(options.out, name, sample_tok, openocc.GT_DIR)
+    os.makedirs(os.path.dirname(openocc_file), exist_ok=True)
+    np.savez_compressed(openocc_file, semantics=openocc.OCC3D_TO_OPENOCC[semantics],
                         flow=flow, mask_lidar=mask_lidar, mask_camera=mask_camera)
     global2lidar_key = np.linalg.inv(ego2global_key @ lidar2ego)
     points_lidar = np.concatenate(accumulated) @ global2lidar_key[:3, :3].T + global2lidar_key[:3, 3]
@@ -240,8 +240,8 @@ def keyframe_task(args):
     gt_info = {
         "timestamp": timestamp_us(scene_index, key_scan),
         "ego_pose": {"translation": ego2global_key[:3, 3].tolist(), "rotation": _rotation(ego2global_key)},
-        "gt_path": f"gts/{name}/{sample_tok}/labels.npz", "lidar_token": key_sd_tok,
-        "openocc_path": f"openocc_v2/{name}/{sample_tok}/labels.npz",
+        "gt_path": occ3d.gt_path("", name, sample_tok), "lidar_token": key_sd_tok,
+        "openocc_path": occ3d.gt_path("", name, sample_tok, openocc.GT_DIR),
         "openoccupancy_path": f"nuScenes-Occupancy/scene_{scene_tok}/occupancy/{key_sd_tok}.npy",
     }
     return scene_index, k, rows, gt_info
@@ -367,7 +367,7 @@ def write_tables(options, results):
     from nuscenes.utils.splits import create_splits_scenes
     splits = create_splits_scenes()
     names = [scene_name(i) for i in range(options.scenes)]
-    occ3d = {"train_split": [n for n in names if n in splits["mini_train"]],
-             "val_split": [n for n in names if n in splits["mini_val"]], "scene_infos": gt_infos}
-    with open(os.path.join(out, "gts", "annotations.json"), "w") as f:
-        json.dump(occ3d, f, sort_keys=True)
+    annotations = {"train_split": [n for n in names if n in splits["mini_train"]],
+                   "val_split": [n for n in names if n in splits["mini_val"]], "scene_infos": gt_infos}
+    with open(os.path.join(out, occ3d.GT_DIR, "annotations.json"), "w") as f:
+        json.dump(annotations, f, sort_keys=True)

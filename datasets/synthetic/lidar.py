@@ -15,11 +15,13 @@ import numpy as np
 from datasets.synthetic import catalog as C
 from datasets.synthetic import raycast
 from datasets.synthetic.raycast import GROUND
+from occ import occ3d
 
-GROUND_REFLECTIVITY = np.full(17, 0.2)  # by Occ3D class of the ground
+GROUND_REFLECTIVITY = np.full(occ3d.FREE, 0.2)  # by Occ3D class of the ground
 GROUND_REFLECTIVITY[[C.DRIVEABLE, C.OTHER_FLAT, C.SIDEWALK, C.TERRAIN]] = [0.1, 0.18, 0.25, 0.15]
 # Occ3D class of a background surface -> nuScenes-lidarseg index of its points.
-STUFF_LIDARSEG = np.array([C.LIDARSEG_INDEX[C.STUFF_CATEGORY.get(c, "noise")] for c in range(17)], dtype=np.uint8)
+STUFF_LIDARSEG = np.array([C.LIDARSEG_INDEX[C.STUFF_CATEGORY.get(c, "noise")] for c in range(occ3d.FREE)],
+                          dtype=np.uint8)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Ground truth grids of one key frame: Occ3D semantics + masks, OpenOcc flow, OpenOccupancy.
 
-Occ3D grid (SPEC 1.1): ego frame of the key frame, x, y in [-40, 40], z in [-1, 5.4], 0.4 m,
+Occ3D grid (docs/data.md#occ3d-nuscenes-ground-truth): ego frame of the key frame, x, y in [-40, 40], z in [-1, 5.4], 0.4 m,
 [x, y, z] indexing. A voxel takes the class of every part box that overlaps it (exact separating
 axis test of the yaw-only box footprint against the voxel square, and z-interval overlap); the
 ground plane z = 0 fills the layer [-0.2, 0.2] with the ground class at the voxel centre. Boxes
@@ -20,15 +20,9 @@ barrier..vegetation, 0 = "others" (noise, ignored by the OpenOccupancy loader).
 import numpy as np
 
 from datasets.synthetic import catalog as C
+from occ import occ3d, openocc
 
-GRID_MIN = np.array([-40.0, -40.0, -1.0])
-GRID_MAX = np.array([40.0, 40.0, 5.4])
-VOXEL = 0.4
-SHAPE = (200, 200, 16)
 GROUND_LAYER = 2  # z in [-0.2, 0.2]
-OPENOCC_MIN = np.array([-51.2, -51.2, -5.0])
-OPENOCC_VOXEL = 0.2
-OPENOCC_SHAPE = (512, 512, 40)
 EPS = 1e-4
 MARGIN = 0.03  # boxes grow by ~2.5 sigma of the LiDAR range noise, so returns on faces that lie
                # close to a voxel boundary still land in an occupied voxel
@@ -36,7 +30,7 @@ MARGIN = 0.03  # boxes grow by ~2.5 sigma of the LiDAR range noise, so returns o
 
 def voxel_centres_xy():
     """(200, 200, 2) ego-frame x, y of voxel centres."""
-    axis = np.arange(SHAPE[0]) * VOXEL + VOXEL / 2 + GRID_MIN[0]
+    axis = np.arange(occ3d.GRID_SHAPE[0]) * occ3d.VOXEL_SIZE + occ3d.VOXEL_SIZE / 2 + occ3d.GRID_MIN[0]
     gx, gy = np.meshgrid(axis, axis, indexing="ij")
     return np.stack([gx, gy], -1)
 
@@ -46,8 +40,8 @@ def semantics_and_instances(world, parts, ego2global):
 
     parts: world.Parts at the key frame's time (global frame).
     """
-    semantics = np.full(SHAPE, C.FREE, dtype=np.uint8)
-    instance = np.full(SHAPE, -1, dtype=np.int64)
+    semantics = np.full(occ3d.GRID_SHAPE, occ3d.FREE, dtype=np.uint8)
+    instance = np.full(occ3d.GRID_SHAPE, -1, dtype=np.int64)
     centres = voxel_centres_xy()
     centres_global = centres @ ego2global[:2, :2].T + ego2global[:2, 3]
     semantics[:, :, GROUND_LAYER] = world.ground_class(centres_global)
@@ -70,7 +64,7 @@ def semantics_and_instances(world, parts, ego2global):
         dx = centres[i0:i1, j0:j1, 0] - centre[p, 0]
         dy = centres[i0:i1, j0:j1, 1] - centre[p, 1]
         cs, sn = np.cos(yaw[p]), np.sin(yaw[p])
-        pad = VOXEL / 2 * (c + s)
+        pad = occ3d.VOXEL_SIZE / 2 * (c + s)
         overlap = (np.abs(dx * cs + dy * sn) < hl + pad - EPS) & (np.abs(-dx * sn + dy * cs) < hw + pad - EPS)
         block = semantics[i0:i1, j0:j1, k0:k1]
         block[overlap] = parts.cls[p]
@@ -80,15 +74,15 @@ def semantics_and_instances(world, parts, ego2global):
 
 def _index_range(lo, hi, axis):
     """Voxel indices [first, last+1) whose cell overlaps the open interval (lo, hi) on `axis`."""
-    first = int(np.floor((lo - GRID_MIN[axis]) / VOXEL + EPS))
-    last = int(np.ceil((hi - GRID_MIN[axis]) / VOXEL - EPS))
-    return max(first, 0), min(last, SHAPE[axis])
+    first = int(np.floor((lo - occ3d.GRID_MIN[axis]) / occ3d.VOXEL_SIZE + EPS))
+    last = int(np.ceil((hi - occ3d.GRID_MIN[axis]) / occ3d.VOXEL_SIZE - EPS))
+    return max(first, 0), min(last, occ3d.GRID_SHAPE[axis])
 
 
 def flow_grid(world, instance, ego2global):
     """(200, 200, 16, 2) float32 vx, vy (ego frame, m/s) of the object each voxel belongs to."""
     velocity = world.obj_velocity[:, :2] @ ego2global[:2, :2]  # global -> ego rotation (R^T v)
-    flow = np.zeros(SHAPE + (2,), dtype=np.float32)
+    flow = np.zeros(occ3d.GRID_SHAPE + (2,), dtype=np.float32)
     owned = instance >= 0
     flow[owned] = velocity[instance[owned]]
     return flow
@@ -96,7 +90,8 @@ def flow_grid(world, instance, ego2global):
 
 def voxel_centres():
     """(200*200*16, 3) ego-frame voxel centres, flattened in [x, y, z] order."""
-    axes = [np.arange(n) * VOXEL + VOXEL / 2 + GRID_MIN[i] for i, n in enumerate(SHAPE)]
+    voxel = occ3d.VOXEL_SIZE
+    axes = [np.arange(n) * voxel + voxel / 2 + occ3d.GRID_MIN[i] for i, n in enumerate(occ3d.GRID_SHAPE)]
     return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
 
 
@@ -121,15 +116,15 @@ def lidar_mask(scans, hits):
         beam = np.rint((elevation - elevations[0]) / beam_step).astype(np.int64)
         in_fan = (beam >= 0) & (beam < 32)
         beam = np.clip(beam, 0, 31)
-        angular_radius = np.arctan2(VOXEL / 2, distance)
+        angular_radius = np.arctan2(occ3d.VOXEL_SIZE / 2, distance)
         near_beam = np.abs(elevation - elevations[beam]) < angular_radius
         column = np.rint((np.arctan2(p[:, 1], p[:, 0]) - first_azimuth) / az_step).astype(np.int64) % ranges.shape[1]
         ray_range = ranges[beam, column]
         observed |= in_fan & near_beam & np.isfinite(ray_range) & (distance <= ray_range)
-    ijk = np.floor((hits - GRID_MIN) / VOXEL).astype(np.int64)
-    ijk = ijk[np.all((ijk >= 0) & (ijk < SHAPE), axis=1)]
-    observed[(ijk[:, 0] * SHAPE[1] + ijk[:, 1]) * SHAPE[2] + ijk[:, 2]] = True
-    return observed.reshape(SHAPE).astype(np.uint8)
+    ijk = np.floor((hits - occ3d.GRID_MIN) / occ3d.VOXEL_SIZE).astype(np.int64)
+    ijk = ijk[np.all((ijk >= 0) & (ijk < occ3d.GRID_SHAPE), axis=1)]
+    observed[(ijk[:, 0] * occ3d.GRID_SHAPE[1] + ijk[:, 1]) * occ3d.GRID_SHAPE[2] + ijk[:, 2]] = True
+    return observed.reshape(occ3d.GRID_SHAPE).astype(np.uint8)
 
 
 def camera_mask(cameras, mask_lidar):
@@ -141,7 +136,7 @@ def camera_mask(cameras, mask_lidar):
     """
     centres = voxel_centres()
     visible = np.zeros(len(centres), dtype=bool)
-    half_diagonal = VOXEL * np.sqrt(3) / 2
+    half_diagonal = occ3d.VOXEL_SIZE * np.sqrt(3) / 2
     for ego2cam, intrinsics, depth in cameras:
         p = centres @ ego2cam[:3, :3].T.astype(np.float32) + ego2cam[:3, 3].astype(np.float32)
         front = p[:, 2] > 0.1
@@ -152,15 +147,16 @@ def camera_mask(cameras, mask_lidar):
         inside = front & (u >= 0) & (u < w) & (v >= 0) & (v < h)
         surface = depth[np.clip(v, 0, h - 1), np.clip(u, 0, w - 1)]
         visible |= inside & (np.linalg.norm(p, axis=1) <= surface + half_diagonal)
-    return visible.reshape(SHAPE).astype(np.uint8) & mask_lidar
+    return visible.reshape(occ3d.GRID_SHAPE).astype(np.uint8) & mask_lidar
 
 
 def openoccupancy_rows(points_lidar, cls):
     """Sparse OpenOccupancy rows (M, 4) uint16 [z, y, x, cls] from LiDAR-frame points and classes."""
-    ijk = np.floor((points_lidar - OPENOCC_MIN) / OPENOCC_VOXEL).astype(np.int64)
-    inside = np.all((ijk >= 0) & (ijk < OPENOCC_SHAPE), axis=1)
+    shape = openocc.OPENOCCUPANCY_GRID_SHAPE
+    ijk = np.floor((points_lidar - openocc.OPENOCCUPANCY_GRID_MIN) / openocc.OPENOCCUPANCY_VOXEL_SIZE).astype(np.int64)
+    inside = np.all((ijk >= 0) & (ijk < shape), axis=1)
     ijk, label = ijk[inside], cls[inside]
     label = np.where(label == C.OTHERS, 0, label)  # Occ3D 1..16 are OpenOccupancy 1..16; others -> noise
-    flat = (ijk[:, 2] * OPENOCC_SHAPE[1] + ijk[:, 1]) * OPENOCC_SHAPE[0] + ijk[:, 0]
+    flat = (ijk[:, 2] * shape[1] + ijk[:, 1]) * shape[0] + ijk[:, 0]
     flat, first = np.unique(flat, return_index=True)
     return np.stack([ijk[first, 2], ijk[first, 1], ijk[first, 0], label[first]], 1).astype(np.uint16)

@@ -10,14 +10,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from datasets.synthetic import catalog as C  # noqa: E402
+from occ import occ3d  # noqa: E402
 from occ.geometry import invert_transform, make_transform, project_to_image, transform_points  # noqa: E402
-
-# RGB per Occ3D class (0..16), free is not drawn.
-CLASS_COLOURS = np.array([
-    [0, 0, 0], [255, 120, 50], [255, 192, 203], [255, 255, 0], [0, 150, 245], [0, 255, 255], [200, 180, 0],
-    [255, 0, 0], [255, 240, 150], [135, 60, 0], [160, 32, 240], [255, 0, 255], [139, 137, 137], [75, 0, 75],
-    [150, 240, 80], [230, 230, 250], [0, 175, 0], [255, 255, 255]], dtype=np.uint8)
+from occ.visualize import top_labels  # noqa: E402
 
 
 def write_preview(root, path, sample_index=0, version="v1.0-mini"):
@@ -41,13 +36,9 @@ def write_preview(root, path, sample_index=0, version="v1.0-mini"):
         ax.scatter(uv[show, 0], uv[show, 1], c=np.minimum(depth[show], 50), cmap="jet", s=0.4)
         ax.set_title(channel, fontsize=9)
         ax.axis("off")
-    gt = np.load(os.path.join(root, "gts", nusc.get("scene", sample["scene_token"])["name"], sample["token"],
-                              "labels.npz"))
+    gt = np.load(occ3d.gt_path(root, nusc.get("scene", sample["scene_token"])["name"], sample["token"]))
     semantics, mask_camera = gt["semantics"], gt["mask_camera"].astype(bool)
-    occupied = semantics != C.FREE
-    top = np.where(occupied.any(2), np.take_along_axis(
-        semantics, (semantics.shape[2] - 1 - np.argmax(occupied[:, :, ::-1], axis=2))[..., None], 2)[..., 0], C.FREE)
-    bev = CLASS_COLOURS[top].astype(np.float32)
+    bev = occ3d.PALETTE[top_labels(semantics)].astype(np.float32)
     bev[~mask_camera.any(2)] *= 0.35
     for ax in axes[2]:
         ax.axis("off")
@@ -55,8 +46,8 @@ def write_preview(root, path, sample_index=0, version="v1.0-mini"):
     ax.imshow(np.transpose(bev, (1, 0, 2))[::-1].astype(np.uint8), extent=[-40, 40, -40, 40])
     ax.set_title("Occ3D GT, bird's-eye view (x right, y up; dim = outside mask_camera)", fontsize=9)
     ax.axis("on")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=CLASS_COLOURS[c] / 255) for c in range(17)]
-    axes[2, 2].legend(handles, C.OCC3D_CLASSES[:17], loc="center", ncol=2, fontsize=7, frameon=False)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=occ3d.PALETTE[c] / 255) for c in range(occ3d.FREE)]
+    axes[2, 2].legend(handles, occ3d.CLASS_NAMES[:occ3d.FREE], loc="center", ncol=2, fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -19,7 +19,7 @@ class OccHead(nn.Module):
 
 
 class GeometryDecoder(nn.Module):
-    """Occ-BEV 3-D decoder (SPEC 5): BEV (B, C*Z, Y, X) -> (B, C, Z, Y, X), Conv3d(C -> hidden) +
+    """Occ-BEV 3-D decoder (docs/architecture.md#occ-bev-pre-training-model): BEV (B, C*Z, Y, X) -> (B, C, Z, Y, X), Conv3d(C -> hidden) +
     BN3d + ReLU, Conv3d(hidden -> hidden) + BN3d + ReLU, per voxel Linear(hidden -> 2*hidden),
     Softplus, Linear(2*hidden -> 2). Output (B, X, Y, Z, 2) logits of free / occupied."""
 

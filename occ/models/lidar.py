@@ -1,9 +1,15 @@
 """LiDAR branch: hard voxelisation, mean voxel feature, spconv sparse encoder -> LiDAR BEV."""
-import spconv.pytorch as spconv
+import contextlib
+import warnings
+
 import torch
-from spconv.core import ConvAlgo
-from spconv.pytorch.conv import SparseConvolution
 from torch import nn
+
+with warnings.catch_warnings():   # spconv 2.3.6 uses torch APIs deprecated since; nothing a user can act on
+    warnings.simplefilter("ignore", FutureWarning)
+    import spconv.pytorch as spconv
+    from spconv.core import ConvAlgo
+    from spconv.pytorch.conv import SparseConvolution
 
 from occ import ops
 
@@ -35,7 +41,7 @@ def conv_out_size(size, kernel, stride, padding):
 
 
 class SparseEncoder(nn.Module):
-    """SECOND-style sparse 3-D encoder (SPEC 1.3).
+    """SECOND-style sparse 3-D encoder (docs/architecture.md#lidar-branch).
 
     SubM3 (in -> c0); stage i: `blocks` BasicBlocks(c_i) then (i < 3) SpConv3 (c_i -> c_i+1) with
     stride down_strides[i] and padding (1,1,1), (1,1,1), (0,1,1); out: SpConv k(3,1,1) s(2,1,1)
@@ -80,13 +86,28 @@ class SparseEncoder(nn.Module):
                 module.algo = algo
 
     def forward(self, voxel_features, coords_bzyx, batch_size):
-        self.use_algorithm_for(voxel_features.device)
-        x = spconv.SparseConvTensor(voxel_features, coords_bzyx, self.sparse_shape, batch_size)
-        x = self.conv_input(x)
-        for stage in self.stages:
-            x = stage(x)
-        dense = self.conv_out(x).dense()  # (B, C, Z, Y, X)
+        device = voxel_features.device
+        self.use_algorithm_for(device)
+        keep_autocast = spconv_autocast_enabled(device)
+        with contextlib.nullcontext() if keep_autocast else torch.autocast(device.type, enabled=False):
+            if not keep_autocast:
+                voxel_features = voxel_features.float()
+            x = spconv.SparseConvTensor(voxel_features, coords_bzyx, self.sparse_shape, batch_size)
+            x = self.conv_input(x)
+            for stage in self.stages:
+                x = stage(x)
+            dense = self.conv_out(x).dense()  # (B, C, Z, Y, X)
         return dense.flatten(1, 2)
+
+
+def spconv_autocast_enabled(device):
+    """Whether the sparse encoder may run under the caller's autocast. spconv's convolutions react
+    only to CUDA autocast, and then always cast to float16 (its custom_fwd); on the CPU its kernels
+    take neither bfloat16 nor the half outputs autocast makes of its inner matmuls. So it runs in
+    float32 except under CUDA float16 autocast (where a GradScaler guards the float16 gradients);
+    under CUDA bfloat16 autocast float16 gradients would go unscaled."""
+    return (device.type == "cuda" and torch.is_autocast_enabled("cuda")
+            and torch.get_autocast_dtype("cuda") == torch.float16)
 
 
 class LidarBranch(nn.Module):

@@ -7,8 +7,10 @@ from occ import ops
 GEOMETRY_KEYS = ("cam2ego", "intrinsics", "post_rot", "post_tran", "bda")
 
 
-def conv_bn_relu(in_channels, out_channels, kernel_size, stride=1):
-    # every conv of the LiDAR-depth net keeps its bias (the published parameter count includes it)
+def conv_bias_bn_relu(in_channels, out_channels, kernel_size, stride=1):
+    """[Conv kxk (padding k // 2, with bias), BN, ReLU] as a list of layers. Unlike
+    `occ.models.layers.conv3x3_bn_relu`, every conv of the LiDAR-depth net keeps its bias (the
+    published parameter count includes it) and the kernel size varies."""
     return [nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2),
             nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
 
@@ -25,10 +27,10 @@ class LidarDepthNet(nn.Module):
         super().__init__()
         if downsample % 4 != 0:
             raise ValueError(f"model.downsample must be a multiple of 4 for LiDAR-depth input, got {downsample}")
-        self.depth_input = nn.Sequential(*conv_bn_relu(1, 8, 1), *conv_bn_relu(8, 32, 5, stride=4),
-                                         *conv_bn_relu(32, 64, 5, stride=downsample // 4))
-        self.net = nn.Sequential(*conv_bn_relu(in_channels + 64, in_channels, 3),
-                                 *conv_bn_relu(in_channels, in_channels, 3),
+        self.depth_input = nn.Sequential(*conv_bias_bn_relu(1, 8, 1), *conv_bias_bn_relu(8, 32, 5, stride=4),
+                                         *conv_bias_bn_relu(32, 64, 5, stride=downsample // 4))
+        self.net = nn.Sequential(*conv_bias_bn_relu(in_channels + 64, in_channels, 3),
+                                 *conv_bias_bn_relu(in_channels, in_channels, 3),
                                  nn.Conv2d(in_channels, num_depth + context_channels, 1))
 
     def forward(self, feat, depth_maps):
@@ -85,8 +87,15 @@ class LSSViewTransformer(nn.Module):
         pts = torch.einsum("bnij,bndhwj->bndhwi", rot, pts)
         return pts + cam2aug_ego[..., :3, 3].view(B, N, 1, 1, 1, 3)
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .cpu() / .half(): the cached ranks are no buffer and would stay on the
+        # old device (holding its memory); drop them, the next eval call recomputes them on the new one
+        self._rank_cache = None
+        return super()._apply(fn, *args, **kwargs)
+
     def bev_ranks(self, geometry):
-        """Sorted BEV-pooling ranks for this geometry; reused in eval mode while it is unchanged."""
+        """Sorted BEV-pooling ranks for this geometry; reused in eval mode while it is unchanged
+        (same values on the same device)."""
         if not self.training and self._rank_cache is not None:
             cached_geometry, ranks = self._rank_cache
             if all(a.shape == b.shape and a.device == b.device and torch.equal(a, b)

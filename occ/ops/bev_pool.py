@@ -1,4 +1,4 @@
-"""BEV pooling with the BEVPoolv2 interface (SPEC 6.1).
+"""BEV pooling with the BEVPoolv2 interface (docs/architecture.md#bev-pooling).
 
 Frustum points (b, n, d, h, w) carry a depth probability `depth[b, n, d, h, w]` and share the
 image feature `feat[b, n, h, w, :]`. Each point falls into one BEV voxel; the voxel's feature is

@@ -1,4 +1,4 @@
-"""Point-cloud voxelisation (SPEC 6.2): hard (first-come, capacity-limited) and dynamic.
+"""Point-cloud voxelisation (docs/architecture.md#voxelisation): hard (first-come, capacity-limited) and dynamic.
 
 `voxelize` / `dynamic_voxelize` run the compiled kernels (csrc/voxelize_*); the `*_reference`
 functions are the plain-PyTorch versions they are tested against.

@@ -1,8 +1,7 @@
-"""Image backbones (torchvision ResNet / Swin trunks) and necks (CustomFPN, FPN_LSS)."""
+"""Image backbones: torchvision ResNet / Swin trunks, and loading local ImageNet weights into them."""
 import os
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -94,74 +93,3 @@ def load_pretrained(module, path):
     print(f"pretrained: loaded {len(loaded)} tensors from {path}; missing {len(missing)}"
           + (f": {missing[:8]}" if missing else ""))
     return sorted(loaded), missing
-
-
-class CustomFPN(nn.Module):
-    """1x1 laterals (bias, no norm) to `out_channels`, top-down nearest upsample-add, and one 3x3
-    output conv on the finest level only."""
-
-    def __init__(self, in_channels, out_channels):
-        super().__init__()
-        self.laterals = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
-        self.out_conv = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.out_channels = out_channels
-
-    def forward(self, feats):
-        x = self.laterals[-1](feats[-1])
-        for lateral, feat in zip(self.laterals[-2::-1], feats[-2::-1]):
-            x = lateral(feat) + F.interpolate(x, size=feat.shape[-2:], mode="nearest")
-        return self.out_conv(x)
-
-
-def conv_bn_relu(in_channels, out_channels, kernel_size=3, stride=1):
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
-
-
-class FPNLSS(nn.Module):
-    """Two-level neck of LSS / BEVDet: upsample the coarse map by `scale_factor`, concat with the fine
-    map, 2 x (Conv3x3+BN+ReLU) -> mid_channels; with `extra_upsample` > 1 also upsample again,
-    Conv3x3+BN+ReLU -> out_channels and a final Conv1x1 (bias). Without it mid must equal out."""
-
-    def __init__(self, in_channels, mid_channels, out_channels, scale_factor, extra_upsample):
-        super().__init__()
-        if extra_upsample == 1 and mid_channels != out_channels:
-            raise ValueError(f"FPNLSS without extra upsampling needs mid_channels == out_channels, "
-                             f"got {mid_channels} and {out_channels}")
-        self.scale_factor, self.extra_upsample = scale_factor, extra_upsample
-        self.fuse = nn.Sequential(conv_bn_relu(in_channels, mid_channels), conv_bn_relu(mid_channels, mid_channels))
-        self.up = None
-        if extra_upsample > 1:
-            self.up = nn.Sequential(conv_bn_relu(mid_channels, out_channels), nn.Conv2d(out_channels, out_channels, 1))
-        self.out_channels = out_channels
-
-    def forward(self, fine, coarse):
-        coarse = F.interpolate(coarse, scale_factor=self.scale_factor, mode="bilinear", align_corners=True)
-        x = self.fuse(torch.cat([fine, coarse], dim=1))
-        if self.up is not None:
-            x = F.interpolate(x, scale_factor=self.extra_upsample, mode="bilinear", align_corners=True)
-            x = self.up(x)
-        return x
-
-
-def build_image_neck(kind, in_channels, out_channels):
-    """CustomFPN over all levels, or FPN_LSS over the last two (stride ratio 2)."""
-    if kind == "custom_fpn":
-        return CustomFPN(in_channels, out_channels)
-    if kind == "fpn_lss":
-        return ImageFPNLSS(in_channels, out_channels)
-    raise ValueError(f"model.img_neck = {kind!r} is not one of ('custom_fpn', 'fpn_lss')")
-
-
-class ImageFPNLSS(nn.Module):
-    """FPN_LSS as an image neck: the last two backbone levels -> one map at the finer stride."""
-
-    def __init__(self, in_channels, out_channels):
-        super().__init__()
-        if len(in_channels) != 2:
-            raise ValueError(f"the fpn_lss image neck takes two backbone stages, got {len(in_channels)}")
-        self.neck = FPNLSS(sum(in_channels), out_channels, out_channels, scale_factor=2, extra_upsample=1)
-        self.out_channels = out_channels
-
-    def forward(self, feats):
-        return self.neck(feats[0], feats[1])

@@ -1,26 +1,11 @@
-"""Fuser and BEV encoders: SECOND + SECONDFPN (EFFOcc) and CustomResNet + FPN_LSS (FlashOcc)."""
+"""BEV encoders: SECOND + SECONDFPN (EFFOcc) and CustomResNet + FPN_LSS (FlashOcc; FPN_LSS is in
+`occ.models.necks`). Each maps the (fused) BEV feature (B, C_in, Y, X) to the one the head reads."""
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from .image import FPNLSS
-
-
-def conv_bn_relu(in_channels, out_channels, stride=1, eps=1e-5, momentum=0.1):
-    return [nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum), nn.ReLU(inplace=True)]
-
-
-class ConvFuser(nn.Module):
-    """concat [camera BEV, LiDAR BEV] -> Conv3x3 (no bias) + BN + ReLU."""
-
-    def __init__(self, in_channels, out_channels):
-        super().__init__()
-        self.fuse = nn.Sequential(*conv_bn_relu(in_channels, out_channels))
-        self.out_channels = out_channels
-
-    def forward(self, cam_bev, lidar_bev):
-        return self.fuse(torch.cat([cam_bev, lidar_bev], dim=1))
+from .layers import conv3x3_bn_relu
+from .necks import FPNLSS
 
 
 class SecondBEVEncoder(nn.Module):
@@ -31,12 +16,12 @@ class SecondBEVEncoder(nn.Module):
     def __init__(self, in_channels, channels, layers, fpn_channels):
         super().__init__()
         bn = dict(eps=1e-3, momentum=0.01)
-        stage_a = conv_bn_relu(in_channels, channels[0], **bn)
+        stage_a = conv3x3_bn_relu(in_channels, channels[0], **bn)
         for _ in range(layers[0]):
-            stage_a += conv_bn_relu(channels[0], channels[0], **bn)
-        stage_b = conv_bn_relu(channels[0], channels[1], stride=2, **bn)
+            stage_a += conv3x3_bn_relu(channels[0], channels[0], **bn)
+        stage_b = conv3x3_bn_relu(channels[0], channels[1], stride=2, **bn)
         for _ in range(layers[1]):
-            stage_b += conv_bn_relu(channels[1], channels[1], **bn)
+            stage_b += conv3x3_bn_relu(channels[1], channels[1], **bn)
         self.stage_a, self.stage_b = nn.Sequential(*stage_a), nn.Sequential(*stage_b)
         self.lateral_a = nn.Sequential(nn.Conv2d(channels[0], fpn_channels[0], 1, bias=False),
                                        nn.BatchNorm2d(fpn_channels[0], **bn), nn.ReLU(inplace=True))

@@ -1,0 +1,65 @@
+"""What the benchmarks share: the synthetic world they run on, and the key frames of its splits.
+
+The benchmarks drive the scripts (train_fusion.py, train_distill.py, pretrain_occbev.py,
+evaluate.py, datasets/make_synthetic.py, datasets/prepare_nuscenes.py, datasets/prepare_occbev.py)
+only through their `main(argv)`, and otherwise import `occ/` (and `cli.budget_args`, the scripts'
+shared command-line module); bench/data.py, which measures the dataset reader itself, is the one
+exception. So the key frames of a split are listed here from the nuScenes tables (plain JSON) and
+the devkit's scene splits, the same scenes as the info files of datasets/prepare_nuscenes.py
+(which assigns scenes with `nuscenes.utils.splits.create_splits_scenes`), in the same order (scene
+name, then timestamp), without reading the info files.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from datasets import make_synthetic, prepare_nuscenes  # noqa: E402  (scripts: main(argv) only)
+
+SYNTHETIC_VERSION = "v1.0-mini"
+# the nuScenes version (table folder) of each info split, and the split names tried per kind,
+# first found first (as the scripts' default --train-split / --val-split)
+SPLIT_VERSIONS = {"train": "v1.0-trainval", "val": "v1.0-trainval",
+                  "mini_train": "v1.0-mini", "mini_val": "v1.0-mini"}
+SPLIT_NAMES = {"train": ("train", "mini_train"), "val": ("val", "mini_val")}
+
+
+def ensure_synthetic_world(root):
+    """The default synthetic world (datasets/make_synthetic.py defaults) in `root`, generated when
+    its tables are absent, with its info files (datasets/prepare_nuscenes.py; cheap when they are
+    up to date)."""
+    if not os.path.isdir(os.path.join(root, SYNTHETIC_VERSION)):
+        print(f"generating the default synthetic world in {root} (about 4 minutes on 2 cores)")
+        make_synthetic.main(["--out", root])
+    prepare_nuscenes.main(["--root", root, "--version", SYNTHETIC_VERSION])
+
+
+def default_split(data_root, kind):
+    """The split the scripts use by default for `kind` "train" / "val": 'train' / 'val' when their
+    info file (DATA_ROOT/occ_infos_<split>.pkl) exists, else 'mini_train' / 'mini_val'."""
+    for split in SPLIT_NAMES[kind]:
+        if os.path.isfile(os.path.join(data_root, f"occ_infos_{split}.pkl")):
+            return split
+    raise FileNotFoundError(f"no {kind} info file in {data_root}; run datasets/prepare_nuscenes.py "
+                            f"--root {data_root} --version ...")
+
+
+def read_table(data_root, version, name):
+    with open(os.path.join(data_root, version, f"{name}.json")) as f:
+        return json.load(f)
+
+
+def split_samples(data_root, split):
+    """The key frames of an info split as dicts {token, scene_token, scene_name}, ordered by scene
+    name, then timestamp (the records of its info file, without reading it)."""
+    from nuscenes.utils.splits import create_splits_scenes
+
+    version = SPLIT_VERSIONS[split]
+    names = set(create_splits_scenes()[split])
+    scenes = {scene["token"]: scene["name"] for scene in read_table(data_root, version, "scene")
+              if scene["name"] in names}
+    samples = [sample for sample in read_table(data_root, version, "sample") if sample["scene_token"] in scenes]
+    samples.sort(key=lambda sample: (scenes[sample["scene_token"]], sample["timestamp"]))
+    return [{"token": sample["token"], "scene_token": sample["scene_token"],
+             "scene_name": scenes[sample["scene_token"]]} for sample in samples]
