@@ -53,15 +53,23 @@ import warnings
 from datetime import datetime
 
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 # spconv 2.3.6 decorates with the deprecated torch.cuda.amp API and indexes with lists: nothing to act on
 warnings.filterwarnings("ignore", category=FutureWarning, module="spconv")
 warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+import evaluate  # noqa: E402
+import pretrain_occbev  # noqa: E402
+import train_distill  # noqa: E402
+import train_fusion  # noqa: E402
 from bench import latency as latency_bench  # noqa: E402
 from bench import ops as ops_bench  # noqa: E402
+from datasets import make_synthetic, prepare_nuscenes, prepare_occbev  # noqa: E402  (scripts: main(argv) only)
+from occ.checkpoint import checkpoint_path  # noqa: E402
 from occ.config import PRESETS, get_config  # noqa: E402
+from occ.models.example_inputs import example_points  # noqa: E402
 from occ.ops import (bev_pool_v2, bev_pool_v2_reference, dynamic_voxelize, dynamic_voxelize_reference,  # noqa: E402
                      voxelize, voxelize_reference)
 from occ.ops.extension import kernels_for  # noqa: E402
@@ -173,7 +181,6 @@ def check_bev_pool_backward(cases):
 
 def kernel_point_cloud(num_points):
     """(P, 5) LiDAR-like points (occ.models.example_inputs.example_points), seeded."""
-    from occ.models.example_inputs import example_points
     return example_points(num_points, torch.Generator().manual_seed(0))
 
 
@@ -246,7 +253,6 @@ def task_kernels(device, quick):
 def task_world(root, quick, world=None, workers=2, occbev_targets=True):
     """A small synthetic world at `root` (or links to `world`), its info files and Occ-BEV targets."""
     def build():
-        from datasets import prepare_nuscenes, prepare_occbev
         start = time.monotonic()
         os.makedirs(root, exist_ok=True)
         if world:
@@ -256,22 +262,26 @@ def task_world(root, quick, world=None, workers=2, occbev_targets=True):
                 os.symlink(os.path.join(os.path.abspath(world), entry), os.path.join(root, entry))
             made = f"linked {world}"
         else:
-            from datasets.synthetic.generate import Options, generate
-            options = Options(root, scenes=2, samples_per_scene=2 if quick else 3, seed=0, image_size=(400, 225),
-                              workers=workers)
-            generate(options, progress=False)
-            made = f"generated {options.scenes} scenes x {options.samples_per_scene} key frames, 400x225"
+            samples_per_scene = 2 if quick else 3
+            make_synthetic.main(["--out", root, "--scenes", "2", "--samples-per-scene", str(samples_per_scene),
+                                 "--seed", "0", "--image-size", "400x225", "--workers", str(workers)])
+            made = f"generated 2 scenes x {samples_per_scene} key frames, 400x225"
         generated = time.monotonic() - start
-        splits = prepare_nuscenes.prepare(root, "v1.0-mini")
+        prepare_nuscenes.main(["--root", root, "--version", "v1.0-mini"])
         if occbev_targets:
             prepare_occbev.main(["--root", root, "--version", "v1.0-mini"])
-        return "PASS", (f"{made} in {generated:.0f} s; info files {sorted(splits)}"
+        splits = sorted(name[len("occ_infos_"):-len(".pkl")] for name in os.listdir(root)
+                        if name.startswith("occ_infos_"))
+        return "PASS", (f"{made} in {generated:.0f} s; info files {splits}"
                         + ("; Occ-BEV targets" if occbev_targets else "")), {}
 
     return [checked("setup", "synthetic world", build)]
 
 
 # ----------------------------------------------------------------------------------- train
+SCRIPTS = {"train_fusion": train_fusion, "train_distill": train_distill, "pretrain_occbev": pretrain_occbev}
+
+
 def script_for(preset):
     """(module name, kind) of the script that trains a preset."""
     cfg = get_config(preset)
@@ -282,17 +292,8 @@ def script_for(preset):
     return "train_fusion", "occupancy"
 
 
-def reset_accelerate_state():
-    """Accelerate keeps one mixed-precision setting per process; a fresh state lets one process
-    (--quick) run the scripts one after the other."""
-    from accelerate.state import AcceleratorState, GradientState
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def tensorboard_scalars(log_dir):
     """{tag: [(step, value), ...]} of every event file under log_dir, in step order."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     scalars = {}
     for path in sorted(glob.glob(os.path.join(log_dir, "**", "events.out.tfevents.*"), recursive=True)):
         events = EventAccumulator(path, size_guidance={"scalars": 0})
@@ -312,8 +313,7 @@ def task_train(preset, precision, device, data_root, work_root, steps, resume_st
     timings, figures, stage = {}, [], {"now": None}
 
     def run():
-        import importlib
-        script = importlib.import_module(script_name)
+        script = SCRIPTS[script_name]
         common = ["--config", preset, "--data-root", data_root, "--work-dir", work_dir,
                   "--mixed-precision", MIXED_PRECISION[precision]]
         if device == "cpu":
@@ -327,11 +327,9 @@ def task_train(preset, precision, device, data_root, work_root, steps, resume_st
         for name_of_stage, extra in (("train", ["--max-steps", str(steps), "--no-val"]),
                                      ("resume", ["--max-steps", str(total), "--resume", *resumed_validation])):
             start, stage["now"] = time.monotonic(), f"{script_name}.main ({name_of_stage})"
-            reset_accelerate_state()
             script.main(extra + common)
             timings[name_of_stage] = time.monotonic() - start
         stage["now"] = None
-        from occ.checkpoint import checkpoint_path
         checkpoint = str(checkpoint_path(work_dir, total))
         if not os.path.isfile(checkpoint):
             raise RuntimeError(f"no checkpoint at step {total}: {checkpoint} is missing "
@@ -364,7 +362,6 @@ def task_train(preset, precision, device, data_root, work_root, steps, resume_st
                 if not math.isfinite(iou[-1]):
                     problems.append(f"val geometry IoU {iou[-1]}")
         else:
-            import evaluate
             metrics = evaluate.main(["--ckpt", checkpoint, "--data-root", data_root, "--device", device,
                                      "--out", os.path.join(work_dir, "metrics.json")])
             keys = ("miou", "geometry_iou", "rayiou")
