@@ -31,10 +31,12 @@ test: $(EXT_STAMP)
 	$(PY) -m pytest -q tests
 
 # The demo: the default synthetic world (generated once, ~4 min on 2 cores) -> info files -> train
-# effocc_fusion_r18_tiny for DEMO_MINUTES -> evaluate (mIoU table, RayIoU) -> pictures.
+# effocc_fusion_r18_tiny for DEMO_MINUTES -> evaluate (mIoU table, RayIoU, saved predictions) ->
+# pictures -> the video of DEMO_SCENE (the first validation scene) from the saved predictions.
 DEMO_DATA ?= data/synthetic
 DEMO_WORK ?= work_dirs/demo
 DEMO_MINUTES ?= 10
+DEMO_SCENE ?= scene-0103
 
 demo: $(EXT_STAMP)
 	$(PY) -c "from datasets.build import ensure_synthetic_world; ensure_synthetic_world('$(DEMO_DATA)')"
@@ -42,8 +44,12 @@ demo: $(EXT_STAMP)
 	$(PY) train_fusion.py --config effocc_fusion_r18_tiny --data-root $(DEMO_DATA) --work-dir $(DEMO_WORK) \
 		--max-minutes $(DEMO_MINUTES) --no-val
 	$(PY) evaluate.py --ckpt "$$(ls $(DEMO_WORK)/step_*.pt | tail -n 1)" --data-root $(DEMO_DATA) \
-		--out $(DEMO_WORK)/metrics.json --vis-dir $(DEMO_WORK)/pictures --vis-samples 4
+		--out $(DEMO_WORK)/metrics.json --vis-dir $(DEMO_WORK)/pictures --vis-samples 4 \
+		--save-pred $(DEMO_WORK)/predictions
+	$(PY) tools/render_video.py --pred-dir $(DEMO_WORK)/predictions --data-root $(DEMO_DATA) \
+		--scene $(DEMO_SCENE) --out $(DEMO_WORK)/$(DEMO_SCENE).mp4
 	@echo "pictures: $(DEMO_WORK)/pictures   TensorBoard: tensorboard --logdir $(DEMO_WORK)/tensorboard"
+	@echo "video: $(DEMO_WORK)/$(DEMO_SCENE).mp4"
 
 clean:
 	rm -rf build occ/_C*.so

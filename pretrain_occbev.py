@@ -1,5 +1,6 @@
-"""Occ-BEV pre-training (docs/training.md#occ-bev-pre-training): the camera BEV model learns to reconstruct 3-D geometry from the
-images, with binary occupancy targets made from accumulated, unlabelled LiDAR.
+"""Occ-BEV pre-training (docs/training.md#occ-bev-pre-training): the camera BEV model learns to
+reconstruct 3-D geometry from the images, with binary occupancy targets made from accumulated,
+unlabelled LiDAR.
 
     python datasets/prepare_occbev.py --root data/nuscenes --version v1.0-trainval     # targets, once
     accelerate launch pretrain_occbev.py --config occbev_pretrain --data-root data/nuscenes \
@@ -112,7 +113,8 @@ def occbev_dataset(cfg, data_root, info_file, train, targets_dir, skip_bad_sampl
 
 # ------------------------------------------------------------------------- loss and metric
 def occbev_loss(model, batch):
-    """loss_fn(model, batch) of occ.loop.fit: the focal loss over every voxel (docs/training.md#occ-bev-pre-training)."""
+    """loss_fn(model, batch) of occ.loop.fit: the focal loss over every voxel
+    (docs/training.md#occ-bev-pre-training)."""
     return {"loss_focal": occupancy_focal_loss(model(batch)["geo_logits"], batch["occupied"])}
 
 

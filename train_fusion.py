@@ -4,6 +4,7 @@
     python train_fusion.py --config effocc_fusion_tiny --data-root data/synthetic --work-dir work_dirs/tiny \
         --max-minutes 10 --set train.lr=1e-3
     python train_fusion.py ... --resume            # continue from the latest checkpoint in --work-dir
+    python train_fusion.py ... --labelled round1.json   # active learning: the frames / voxels of a selection file
 
 The data root holds the info files of datasets/prepare_nuscenes.py (occ_infos_<split>.pkl) and the
 Occ3D ground truth. Reads top to bottom: parse, build, loop, save.
@@ -15,8 +16,10 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from datasets.build import dataset_from_config
+from datasets.labelled import LabelledFrames
 from datasets.nuscenes_occ import collate, load_occ_gt
 from occ import occ3d
+from occ.active import load_selection, selection_sha256
 from occ.checkpoint import load_checkpoint, load_partial, model_weights
 from occ.config import apply_overrides, get_config
 from occ.data import select_scenes
@@ -37,8 +40,14 @@ def parse_args(argv=None):
     parser.add_argument("--init-prefixes", nargs="*", help="only load these key prefixes with --init-from")
     parser.add_argument("--scenes-fraction", type=float, default=1.0,
                         help="train on this fraction of the training scenes (seeded sample, docs/training.md#label-efficiency)")
+    parser.add_argument("--labelled", metavar="FILE",
+                        help="train only on what this selection file of active_select.py labels: its frames "
+                             "fully, its voxel-labelled frames on their selected voxels (docs/training.md#active-learning)")
     args = parser.parse_args(argv)
     cli.check_training_args(args)
+    if args.labelled and args.scenes_fraction != 1.0:
+        raise UsageError("--labelled and --scenes-fraction exclude each other; write the scene fraction into the "
+                         "selection file (active_select.py --strategy random --scenes-fraction F)")
     return args
 
 
@@ -52,22 +61,26 @@ def build_config(args):
     return cfg
 
 
-def class_frequencies(dataset):
-    """Per-class voxel counts inside the camera mask over the training GT (for the four-loss CE)."""
+def class_frequencies(dataset, selection=None):
+    """Per-class voxel counts inside the camera mask over the training GT (for the four-loss CE);
+    with an active-learning `selection`, only over its labelled voxels."""
     counts = torch.zeros(occ3d.NUM_CLASSES, dtype=torch.int64)
     for info in tqdm(dataset.infos, desc="class frequencies", unit="sample"):
         gt = load_occ_gt(dataset.gt_path(info))
-        counts += count_class_voxels(torch.from_numpy(gt["semantics"]), torch.from_numpy(gt["mask_camera"]))
+        mask = gt["mask_camera"] if selection is None else gt["mask_camera"] & selection.label_mask(info["token"])
+        counts += count_class_voxels(torch.from_numpy(gt["semantics"]), torch.from_numpy(mask))
     return counts
 
 
 def make_loss_fn(cfg, class_weights=None):
-    """loss_fn(model, batch) -> dict of named losses (docs/training.md#losses)."""
+    """loss_fn(model, batch) -> dict of named losses (docs/training.md#losses), over the voxels of
+    mask_camera, and of the batch's `label_mask` when it has one (--labelled)."""
     def loss_fn(model, batch):
         logits = model(batch)["occ_logits"]
+        mask = batch["mask_camera"] & batch["label_mask"] if "label_mask" in batch else batch["mask_camera"]
         if cfg.train.loss == "four":
-            return four_losses(logits, batch["semantics"], batch["mask_camera"], class_weights)
-        return {"loss_ce": masked_cross_entropy(logits, batch["semantics"], batch["mask_camera"])}
+            return four_losses(logits, batch["semantics"], mask, class_weights)
+        return {"loss_ce": masked_cross_entropy(logits, batch["semantics"], mask)}
     return loss_fn
 
 
@@ -78,6 +91,10 @@ def main(argv=None):
     train_set = dataset_from_config(cfg, args.data_root, train_info, train=True,
                                     skip_bad_samples=args.skip_bad_samples)
     select_scenes(train_set, args.scenes_fraction)
+    selection = None
+    if args.labelled:
+        selection = load_selection(args.labelled, known_tokens={info["token"] for info in train_set.infos})
+        train_set = LabelledFrames(train_set, selection)
     val_set = None
     if not args.no_val:
         val_set = dataset_from_config(cfg, args.data_root, cli.info_file(args, "val")[1], train=False)
@@ -88,13 +105,20 @@ def main(argv=None):
         checkpoint = load_checkpoint(args.init_from)
         weights = model_weights(checkpoint, use_ema=checkpoint.get("ema") is not None, path=args.init_from)
         print(f"--init-from {args.init_from}:\n{load_partial(model, weights, args.init_prefixes).summary()}")
-    class_weights = class_weights_from_frequencies(class_frequencies(train_set)) if cfg.train.loss == "four" else None
+    class_weights = None
+    if cfg.train.loss == "four":
+        class_weights = class_weights_from_frequencies(class_frequencies(train_set, selection))
 
-    settings = cli.run_settings(args, "scenes_fraction", "init_from", "init_prefixes")
+    settings = cli.run_settings(args, "scenes_fraction", "init_from", "init_prefixes", "labelled")
+    if selection is not None:   # the file's content, so that --resume notices a file rewritten in place
+        settings["labelled_sha256"] = selection_sha256(args.labelled)
     run = setup_run(cfg, model, train_set, collate, **cli.setup_options(args, settings, __file__, argv))
     run.log(f"{cfg.name}: {len(train_set)} training samples ({train_split}, scenes fraction "
             f"{args.scenes_fraction}), {len(val_set) if val_set else 0} validation samples, "
             f"{run.accelerator.num_processes} process(es)")
+    if selection is not None:
+        run.log(f"--labelled {args.labelled}: {len(selection.frames)} fully labelled frames, {len(selection.voxels)} "
+                f"frames with {selection.num_voxels()} selected voxels")
     validate = make_occupancy_validate(val_set, collate) if val_set else None
     return fit(run, make_loss_fn(cfg, class_weights), validate, **cli.fit_options(args))
 

@@ -28,7 +28,7 @@ def dataset_from_config(cfg, data_root, info_file, train, load_gt=True, skip_bad
                               num_sweeps=d.num_sweeps, load_points=d.load_points, load_depth=d.load_depth,
                               load_images=cfg.model.modality != "lidar", load_gt=load_gt,
                               occ_gt_dir=d.occ_gt_dir, bev_flip=d.bev_flip, image_aug=image_aug,
-                              seed=cfg.train.seed, skip_bad_samples=skip_bad_samples)
+                              seed=cfg.train.seed, skip_bad_samples=skip_bad_samples, color_order=d.color_order)
 
 
 def ensure_synthetic_world(root):

@@ -1,7 +1,7 @@
 """Occ3D-nuScenes dataset: info records (datasets/prepare_nuscenes.py) -> tensors, and the collate.
 
 One sample (the batch dict of the project without its batch axis), N cameras, input H x W:
-    images      float32 (N, 3, H, W)  RGB, ImageNet-normalised, augmented
+    images      float32 (N, 3, H, W)  RGB (BGR with color_order "bgr"), ImageNet-normalised, augmented
     cam2ego     float32 (N, 4, 4)     camera -> KEY-FRAME ego frame (the LiDAR's ego pose):
                                       inv(key ego2global) @ camera ego2global @ camera calibration,
                                       un-augmented
@@ -199,6 +199,8 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
     train: random image augmentation, BEV flips (when bev_flip) and a random choice of
     `num_sweeps` sweeps; otherwise deterministic: no augmentation, the `num_sweeps` nearest sweeps.
     Image size and camera count come from the data; resize = image_size W / source W.
+    color_order "bgr" feeds the channels in BGR order, as the official checkpoints expect
+    (`transforms.normalize_image`).
 
     Reproducible augmentation: every random draw of train sample `index` (sweep choice, image
     augmentation of each camera, BEV flips) comes from one generator,
@@ -225,13 +227,16 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
     def __init__(self, data_root, info_path, train, image_size=(256, 704), num_sweeps=9,
                  load_points=True, load_depth=True, load_images=True, load_gt=True,
                  occ_gt_dir=occ3d.GT_DIR, bev_flip=True, image_aug=transforms.IMAGE_AUG_DEFAULTS,
-                 skip_bad_samples=False, seed=0):
+                 skip_bad_samples=False, seed=0, color_order="rgb"):
         unknown = set(image_aug) - set(transforms.IMAGE_AUG_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown image_aug keys {sorted(unknown)}; "
                              f"expected {sorted(transforms.IMAGE_AUG_DEFAULTS)}")
         if num_sweeps < 0:
             raise ValueError(f"num_sweeps must be >= 0, got {num_sweeps}")
+        if color_order not in transforms.COLOR_SOURCE_CHANNELS:
+            raise UsageError(f"color_order must be one of {tuple(transforms.COLOR_SOURCE_CHANNELS)}, "
+                             f"got {color_order!r}")
         self.seed = check_seed("seed", seed)
         self.epoch = 0
         self.data_root = data_root
@@ -249,6 +254,7 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
         self.image_aug = {**transforms.IMAGE_AUG_DEFAULTS, **image_aug}
         self.skip_bad_samples = skip_bad_samples
         self.num_skipped = 0
+        self.color_order = color_order  # "rgb" | "bgr" (transforms.normalize_image)
 
     def __len__(self):
         return len(self.infos)
@@ -345,7 +351,7 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
             geometry["post_tran"].append(post_tran)
             if self.load_images:
                 image = transforms.load_image(path, post_rot, post_tran, width, height)
-                images.append(transforms.normalize_image(image))
+                images.append(transforms.normalize_image(image, self.color_order))
         if self.load_depth:
             depth_maps = transforms.lidar_depth_maps(points_ego, geometry["cam2ego"], geometry["intrinsics"],
                                                      geometry["post_rot"], geometry["post_tran"], height, width)

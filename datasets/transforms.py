@@ -166,17 +166,23 @@ def load_image(path, post_rot, post_tran, out_width, out_height):
     return np.asarray(warped)
 
 
+# output channel c of normalize_image reads RGB channel COLOR_SOURCE_CHANNELS[color_order][c]
+COLOR_SOURCE_CHANNELS = {"rgb": (0, 1, 2), "bgr": (2, 1, 0)}
 # (3, 256) float32: the normalised value of every uint8 level per channel
 NORMALIZE_TABLE = ((np.arange(256, dtype=np.float32)[None] / 255.0 - IMAGENET_MEAN[:, None])
                    / IMAGENET_STD[:, None]).astype(np.float32)
 
 
-def normalize_image(image):
+def normalize_image(image, color_order="rgb"):
     """uint8 (H, W, 3) RGB -> float32 (3, H, W) normalised with the ImageNet mean/std (by table
-    look-up, ~3x faster than float arithmetic)."""
+    look-up, ~3x faster than float arithmetic). color_order "bgr" reproduces the official
+    checkpoints' input: channels in B, G, R order, each normalised with the mean/std of its
+    position (R's for B, B's for R), as mmcv's imnormalize(to_rgb=True) does to an RGB image."""
+    if color_order not in COLOR_SOURCE_CHANNELS:
+        raise ValueError(f"color_order must be one of {tuple(COLOR_SOURCE_CHANNELS)}, got {color_order!r}")
     out = np.empty((3,) + image.shape[:2], dtype=np.float32)
-    for channel in range(3):
-        np.take(NORMALIZE_TABLE[channel], image[:, :, channel], out=out[channel])
+    for channel, source in enumerate(COLOR_SOURCE_CHANNELS[color_order]):
+        np.take(NORMALIZE_TABLE[channel], image[:, :, source], out=out[channel])
     return out
 
 

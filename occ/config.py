@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from occ import occ3d
+from occ.errors import UsageError
 
 MODALITIES = ("fusion", "camera", "lidar")
 BACKBONES = ("resnet18", "resnet50", "swin_t", "swin_b")
@@ -25,6 +26,7 @@ BEV_ENCODERS = ("second", "resnet")
 HEADS = ("occ", "geometry")
 LOSSES = ("ce", "four", "focal")
 LR_SCHEDULES = ("step", "cosine")
+COLOR_ORDERS = ("rgb", "bgr")
 DERIVED_FIELDS = ("data.load_points", "data.load_depth")
 
 
@@ -39,6 +41,7 @@ class DataConfig:
     load_points: bool = True  # derived: the model has a LiDAR branch
     load_depth: bool = True  # derived: the model takes LiDAR depth maps
     occ_gt_dir: str = occ3d.GT_DIR  # Occ3D ground truth folder inside the data root
+    color_order: str = "rgb"  # "rgb" | "bgr": channel order of the input images (official checkpoints: bgr)
     num_workers: int = 4
     batch_size: int = 8  # per GPU / process
 
@@ -216,7 +219,7 @@ def get_config(name):
     """A fresh `Config` for a preset name (see `preset_names()`)."""
     base = name[:-len("_tiny")] if name.endswith("_tiny") else name
     if base not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(preset_names())}")
+        raise UsageError(f"unknown preset {name!r}; valid presets: {', '.join(preset_names())}")
     cfg = PRESETS[base]()
     if name.endswith("_tiny"):
         cfg = make_tiny(cfg)
@@ -233,9 +236,10 @@ def finalize(cfg):
                                 ("model.img_neck", m.img_neck, IMG_NECKS),
                                 ("model.bev_encoder", m.bev_encoder, BEV_ENCODERS), ("model.head", m.head, HEADS),
                                 ("train.loss", cfg.train.loss, LOSSES),
-                                ("train.lr_schedule", cfg.train.lr_schedule, LR_SCHEDULES)):
+                                ("train.lr_schedule", cfg.train.lr_schedule, LR_SCHEDULES),
+                                ("data.color_order", cfg.data.color_order, COLOR_ORDERS)):
         if value not in choices:
-            raise ValueError(f"{key} = {value!r} is not one of {choices}")
+            raise UsageError(f"{key} = {value!r} is not one of {choices}")
     cfg.data.load_points = m.modality in ("fusion", "lidar")
     cfg.data.load_depth = m.modality == "fusion" and m.use_lidar_depth
     return cfg
@@ -255,24 +259,24 @@ def _coerce(value, tp, key):
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], key) for v in value)
         if len(value) != len(args):
-            raise ValueError(f"{key}: expected {len(args)} values, got {len(value)} ({value!r})")
+            raise UsageError(f"{key}: expected {len(args)} values, got {len(value)} ({value!r})")
         return tuple(_coerce(v, a, key) for v, a in zip(value, args))
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"{key}: expected true/false, got {value!r}")
+        raise UsageError(f"{key}: expected true/false, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ValueError(f"{key}: expected an integer, got {value!r}")
+        raise UsageError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ValueError(f"{key}: expected a number, got {value!r}")
+        raise UsageError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ValueError(f"{key}: expected a string, got {value!r}")
+        raise UsageError(f"{key}: expected a string, got {value!r}")
     raise TypeError(f"{key}: unsupported field type {tp}")
 
 
@@ -294,7 +298,7 @@ def _parse_text(text, tp):
 def _section(cfg, name, key):
     if name not in {f.name for f in dataclasses.fields(cfg)} or not dataclasses.is_dataclass(getattr(cfg, name)):
         sections = [f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]
-        raise ValueError(f"bad override key {key!r}: unknown section {name!r} (valid: {', '.join(sections)})")
+        raise UsageError(f"bad override key {key!r}: unknown section {name!r} (valid: {', '.join(sections)})")
     return getattr(cfg, name)
 
 
@@ -302,21 +306,21 @@ def apply_overrides(cfg, overrides):
     """Apply ["section.field=value", ...] in place (typed) and return cfg."""
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"bad override {item!r}: expected section.field=value")
+            raise UsageError(f"bad override {item!r}: expected section.field=value")
         key, text = item.split("=", 1)
         key = key.strip()
         if key == "name":
             cfg.name = text.strip()
             continue
         if key in DERIVED_FIELDS:
-            raise ValueError(f"{key} is derived from model.modality / model.use_lidar_depth and cannot be set")
+            raise UsageError(f"{key} is derived from model.modality / model.use_lidar_depth and cannot be set")
         parts = key.split(".")
         if len(parts) != 2:
-            raise ValueError(f"bad override key {key!r}: expected section.field, e.g. train.lr")
+            raise UsageError(f"bad override key {key!r}: expected section.field, e.g. train.lr")
         section = _section(cfg, parts[0], key)
         hints = typing.get_type_hints(type(section))
         if parts[1] not in hints:
-            raise ValueError(f"bad override key {key!r}: {parts[0]} has no field {parts[1]!r} "
+            raise UsageError(f"bad override key {key!r}: {parts[0]} has no field {parts[1]!r} "
                              f"(valid: {', '.join(hints)})")
         setattr(section, parts[1], _coerce(_parse_text(text, hints[parts[1]]), hints[parts[1]], key))
     return finalize(cfg)
@@ -330,7 +334,7 @@ def config_to_dict(cfg):
 
 
 def config_from_dict(d):
-    """Inverse of `config_to_dict` (lists from JSON become tuples); unknown keys raise ValueError."""
+    """Inverse of `config_to_dict` (lists from JSON become tuples); unknown keys raise UsageError."""
     cfg = Config()
     for key, value in d.items():
         if key == "name":
@@ -340,6 +344,6 @@ def config_from_dict(d):
         hints = typing.get_type_hints(type(section))
         for field_name, field_value in value.items():
             if field_name not in hints:
-                raise ValueError(f"unknown config key {key}.{field_name}")
+                raise UsageError(f"unknown config key {key}.{field_name}")
             setattr(section, field_name, _coerce(field_value, hints[field_name], f"{key}.{field_name}"))
     return finalize(cfg)

@@ -1,11 +1,13 @@
-"""Losses: occupancy cross-entropy (docs/training.md#losses), the optional four-loss variant, DistillOcc (docs/training.md#distillocc)
-and the Occ-BEV focal loss (docs/training.md#occ-bev-pre-training).
+"""Losses: occupancy cross-entropy (docs/training.md#losses), the optional four-loss variant,
+DistillOcc (docs/training.md#distillocc) and the Occ-BEV focal loss
+(docs/training.md#occ-bev-pre-training).
 
 Shapes used throughout (Occ3D grid indexed [x, y, z] in the ego frame):
   logits     (B, X, Y, Z, C)  float, C = 18 classes, class 17 = free
   labels     (B, X, Y, Z)     int64 in [0, C)
   mask       (B, X, Y, Z)     bool, e.g. mask_camera
-  BEV feature (B, C_bev, Y, X) float (rows = y, columns = x, as docs/architecture.md#grid-and-classes writes the BEV layout)
+  BEV feature (B, C_bev, Y, X) float (rows = y, columns = x: the BEV layout of
+              docs/architecture.md#grid-and-classes)
 Every loss is computed in float32 and returns a scalar tensor connected to the logits, so a batch
 with an empty mask gives 0 with a (zero) gradient rather than NaN.
 """
@@ -242,7 +244,7 @@ def distill_losses(student_bev, student_logits, teacher_bev, teacher_logits, sem
     }
 
 
-# ---------------------------------------------------------------------- Occ-BEV focal (docs/training.md#occ-bev-pre-training)
+# ------------------------------------------------ Occ-BEV focal (docs/training.md#occ-bev-pre-training)
 
 def occupancy_focal_loss(logits, occupied, alpha=0.25, gamma=2.0):
     """Sigmoid focal loss for Occ-BEV geometry pre-training.

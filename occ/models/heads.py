@@ -1,6 +1,8 @@
 """Heads on the BEV feature: channel-to-height occupancy head and the Occ-BEV 3-D geometry decoder."""
 from torch import nn
 
+from occ.errors import UsageError
+
 
 class OccHead(nn.Module):
     """Channel-to-height occupancy head (FlashOcc): Conv3x3 (bias) + ReLU, then per BEV cell
@@ -19,14 +21,15 @@ class OccHead(nn.Module):
 
 
 class GeometryDecoder(nn.Module):
-    """Occ-BEV 3-D decoder (docs/architecture.md#occ-bev-pre-training-model): BEV (B, C*Z, Y, X) -> (B, C, Z, Y, X), Conv3d(C -> hidden) +
-    BN3d + ReLU, Conv3d(hidden -> hidden) + BN3d + ReLU, per voxel Linear(hidden -> 2*hidden),
-    Softplus, Linear(2*hidden -> 2). Output (B, X, Y, Z, 2) logits of free / occupied."""
+    """Occ-BEV 3-D decoder (docs/architecture.md#occ-bev-pre-training-model):
+    BEV (B, C*Z, Y, X) -> (B, C, Z, Y, X), Conv3d(C -> hidden) + BN3d + ReLU,
+    Conv3d(hidden -> hidden) + BN3d + ReLU, per voxel Linear(hidden -> 2*hidden), Softplus,
+    Linear(2*hidden -> 2). Output (B, X, Y, Z, 2) logits of free / occupied."""
 
     def __init__(self, in_channels, hidden, num_z):
         super().__init__()
         if in_channels % num_z:
-            raise ValueError(f"the geometry decoder needs BEV channels divisible by {num_z} heights, got {in_channels}")
+            raise UsageError(f"the geometry decoder needs BEV channels divisible by {num_z} heights, got {in_channels}")
         self.num_z, self.channels_per_height = num_z, in_channels // num_z
         self.convs = nn.Sequential(
             nn.Conv3d(self.channels_per_height, hidden, 3, padding=1, bias=False), nn.BatchNorm3d(hidden),

@@ -5,6 +5,8 @@ import torch
 import torchvision
 from torch import nn
 
+from occ.errors import UsageError
+
 # stage s (1..4) of every backbone has stride 2 ** (s + 1)
 RESNET_STAGE_CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet50": (256, 512, 1024, 2048)}
 SWIN_STAGE_CHANNELS = {"swin_t": (96, 192, 384, 768), "swin_b": (128, 256, 512, 1024)}
@@ -41,20 +43,23 @@ class ResNetTrunk(nn.Module):
 
 
 class SwinTrunk(nn.Module):
-    """torchvision Swin transformer `features` (no final norm / head); returns NCHW maps of `stages`."""
+    """torchvision Swin transformer `features` (no final norm / head) and, like mmdet's
+    SwinTransformer (the official EFFOcc backbone), one LayerNorm per output stage (`out_norms`);
+    returns NCHW maps of `stages`."""
 
     def __init__(self, name, stages):
         super().__init__()
         self.features = getattr(torchvision.models, name)(weights=None).features
         self.stages = tuple(stages)
         self.out_channels = [SWIN_STAGE_CHANNELS[name][s - 1] for s in self.stages]
+        self.out_norms = nn.ModuleList(nn.LayerNorm(c) for c in self.out_channels)
 
     def forward(self, x):
         outs = []
         for i, block in enumerate(self.features[:2 * self.stages[-1]]):
             x = block(x)  # (B, H, W, C)
             if i % 2 == 1 and (i + 1) // 2 in self.stages:
-                outs.append(x.permute(0, 3, 1, 2).contiguous())
+                outs.append(self.out_norms[len(outs)](x).permute(0, 3, 1, 2).contiguous())
         return outs
 
 
@@ -63,7 +68,7 @@ def build_image_backbone(name, stages):
         return ResNetTrunk(name, stages)
     if name in SWIN_STAGE_CHANNELS:
         return SwinTrunk(name, stages)
-    raise ValueError(f"model.backbone = {name!r} is not one of "
+    raise UsageError(f"model.backbone = {name!r} is not one of "
                      f"{tuple(RESNET_STAGE_CHANNELS) + tuple(SWIN_STAGE_CHANNELS)}")
 
 
@@ -83,11 +88,11 @@ def load_pretrained(module, path):
     for key, value in state.items():
         if key in own:
             if own[key].shape != value.shape:
-                raise ValueError(f"{path}: tensor {key!r} has shape {tuple(value.shape)}, "
+                raise UsageError(f"{path}: tensor {key!r} has shape {tuple(value.shape)}, "
                                  f"the model expects {tuple(own[key].shape)}")
             loaded[key] = value
     if not loaded:
-        raise ValueError(f"{path}: no tensor matches the {type(module).__name__} (wrong backbone file?)")
+        raise UsageError(f"{path}: no tensor matches the {type(module).__name__} (wrong backbone file?)")
     missing = sorted(set(own) - set(loaded))
     module.load_state_dict(loaded, strict=False)
     print(f"pretrained: loaded {len(loaded)} tensors from {path}; missing {len(missing)}"

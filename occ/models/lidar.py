@@ -12,6 +12,7 @@ with warnings.catch_warnings():   # spconv 2.3.6 uses torch APIs deprecated sinc
     from spconv.pytorch.conv import SparseConvolution
 
 from occ import ops
+from occ.errors import UsageError
 
 
 def sparse_bn_relu(channels):
@@ -51,7 +52,7 @@ class SparseEncoder(nn.Module):
     def __init__(self, in_channels, sparse_shape, channels, blocks, down_strides):
         super().__init__()
         if len(channels) != 4 or len(down_strides) != 3:
-            raise ValueError(f"model.sparse_channels needs 4 stage widths and model.sparse_down_strides 3 strides, "
+            raise UsageError(f"model.sparse_channels needs 4 stage widths and model.sparse_down_strides 3 strides, "
                              f"got {channels} and {down_strides}")
         self.sparse_shape = list(sparse_shape)  # (Z, Y, X)
         self.conv_input = spconv.SparseSequential(
@@ -74,7 +75,7 @@ class SparseEncoder(nn.Module):
             *sparse_bn_relu(channels[3]))
         self.out_shape = [conv_out_size(out_shape[0], 3, 2, 0)] + out_shape[1:]
         if self.out_shape[0] < 1:
-            raise ValueError(f"the sparse encoder reduces z ({sparse_shape[0]} voxels) to nothing: "
+            raise UsageError(f"the sparse encoder reduces z ({sparse_shape[0]} voxels) to nothing: "
                              f"check model.voxel_size and model.sparse_down_strides")
         self.out_channels = channels[3] * self.out_shape[0]
 
@@ -124,7 +125,7 @@ class LidarBranch(nn.Module):
         sparse_shape = (grid[2] + 1, grid[1], grid[0])  # z gets one extra cell (SECOND convention)
         self.encoder = SparseEncoder(in_channels, sparse_shape, channels, blocks, down_strides)
         if tuple(self.encoder.out_shape[1:]) != tuple(bev_hw):
-            raise ValueError(f"the sparse encoder gives a {tuple(self.encoder.out_shape[1:])} BEV, the model needs "
+            raise UsageError(f"the sparse encoder gives a {tuple(self.encoder.out_shape[1:])} BEV, the model needs "
                              f"{tuple(bev_hw)}: check model.voxel_size and model.sparse_down_strides")
         self.out_channels = self.encoder.out_channels
 

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from occ.errors import UsageError
+
 from .layers import conv3x3_bn_relu
 
 
@@ -32,7 +34,7 @@ class FPNLSS(nn.Module):
     def __init__(self, in_channels, mid_channels, out_channels, scale_factor, extra_upsample):
         super().__init__()
         if extra_upsample == 1 and mid_channels != out_channels:
-            raise ValueError(f"FPNLSS without extra upsampling needs mid_channels == out_channels, "
+            raise UsageError(f"FPNLSS without extra upsampling needs mid_channels == out_channels, "
                              f"got {mid_channels} and {out_channels}")
         self.scale_factor, self.extra_upsample = scale_factor, extra_upsample
         # each Conv3x3+BN+ReLU is its own Sequential (checkpoint keys fuse.0.0.weight, up.0.1.weight, ...)
@@ -59,7 +61,7 @@ def build_image_neck(kind, in_channels, out_channels):
         return CustomFPN(in_channels, out_channels)
     if kind == "fpn_lss":
         return ImageFPNLSS(in_channels, out_channels)
-    raise ValueError(f"model.img_neck = {kind!r} is not one of ('custom_fpn', 'fpn_lss')")
+    raise UsageError(f"model.img_neck = {kind!r} is not one of ('custom_fpn', 'fpn_lss')")
 
 
 class ImageFPNLSS(nn.Module):
@@ -68,7 +70,7 @@ class ImageFPNLSS(nn.Module):
     def __init__(self, in_channels, out_channels):
         super().__init__()
         if len(in_channels) != 2:
-            raise ValueError(f"the fpn_lss image neck takes two backbone stages, got {len(in_channels)}")
+            raise UsageError(f"the fpn_lss image neck takes two backbone stages, got {len(in_channels)}")
         self.neck = FPNLSS(sum(in_channels), out_channels, out_channels, scale_factor=2, extra_upsample=1)
         self.out_channels = out_channels
 

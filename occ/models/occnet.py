@@ -2,6 +2,8 @@
 -> head) and `build_model`, which builds it from a `Config`."""
 from torch import nn
 
+from occ.errors import UsageError
+
 from .bev_encoder import ResNetBEVEncoder, SecondBEVEncoder
 from .fuser import ConvFuser
 from .heads import GeometryDecoder, OccHead
@@ -66,7 +68,7 @@ def occ_grid_shape(model_cfg):
 def build_camera_branch(cfg):
     m = cfg.model
     if stage_stride(m.backbone_stages[0]) != m.downsample:
-        raise ValueError(f"model.downsample = {m.downsample} but the first of model.backbone_stages "
+        raise UsageError(f"model.downsample = {m.downsample} but the first of model.backbone_stages "
                          f"{m.backbone_stages} has stride {stage_stride(m.backbone_stages[0])}")
     backbone = build_image_backbone(m.backbone, m.backbone_stages)
     if m.pretrained_path:

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from occ import ops
+from occ.errors import UsageError
 
 GEOMETRY_KEYS = ("cam2ego", "intrinsics", "post_rot", "post_tran", "bda")
 
@@ -26,7 +27,7 @@ class LidarDepthNet(nn.Module):
     def __init__(self, in_channels, num_depth, context_channels, downsample):
         super().__init__()
         if downsample % 4 != 0:
-            raise ValueError(f"model.downsample must be a multiple of 4 for LiDAR-depth input, got {downsample}")
+            raise UsageError(f"model.downsample must be a multiple of 4 for LiDAR-depth input, got {downsample}")
         self.depth_input = nn.Sequential(*conv_bias_bn_relu(1, 8, 1), *conv_bias_bn_relu(8, 32, 5, stride=4),
                                          *conv_bias_bn_relu(32, 64, 5, stride=downsample // 4))
         self.net = nn.Sequential(*conv_bias_bn_relu(in_channels + 64, in_channels, 3),
@@ -54,7 +55,7 @@ class LSSViewTransformer(nn.Module):
         super().__init__()
         H_in, W_in = image_size
         if H_in % downsample or W_in % downsample:
-            raise ValueError(f"data.image_size {image_size} must be divisible by model.downsample {downsample}")
+            raise UsageError(f"data.image_size {image_size} must be divisible by model.downsample {downsample}")
         H_f, W_f = H_in // downsample, W_in // downsample
         depths = torch.arange(*depth_bins, dtype=torch.float32)
         us = torch.linspace(0, W_in - 1, W_f)
@@ -108,24 +109,28 @@ class LSSViewTransformer(nn.Module):
         self._rank_cache = None if self.training else (tuple(g.detach().clone() for g in geometry), ranks)
         return ranks
 
-    def forward(self, img_feat, batch):
-        """img_feat (B*N, C, H_f, W_f) -> camera BEV (B, context, Y, X) and depth (B, N, D, H_f, W_f)."""
-        geometry = tuple(batch[k] for k in GEOMETRY_KEYS)
-        B, N = geometry[0].shape[:2]
+    def lift(self, img_feat, depth_maps, batch_size):
+        """img_feat (B*N, C, H_f, W_f), depth_maps (B, N, H_in, W_in) or None -> depth distribution
+        (B, N, D, H_f, W_f) and context (B, N, H_f, W_f, context channels)."""
         if self.use_lidar_depth:
-            if "depth_maps" not in batch:
+            if depth_maps is None:
                 raise KeyError("batch['depth_maps'] is required by a model with model.use_lidar_depth=True")
-            x = self.depth_net(img_feat, batch["depth_maps"].flatten(0, 1).unsqueeze(1))
+            x = self.depth_net(img_feat, depth_maps.flatten(0, 1).unsqueeze(1))
         else:
             x = self.depth_net(img_feat)
         H_f, W_f = x.shape[-2:]
         if (H_f, W_f) != tuple(self.frustum.shape[1:3]):
             raise ValueError(f"image features are {H_f}x{W_f}, the frustum expects {tuple(self.frustum.shape[1:3])}: "
                              f"do the images match data.image_size?")
-        depth = x[:, :self.num_depth].softmax(dim=1)
-        context = x[:, self.num_depth:]
-        depth = depth.view(B, N, self.num_depth, H_f, W_f)
-        context = context.view(B, N, self.context_channels, H_f, W_f).permute(0, 1, 3, 4, 2).contiguous()
+        depth = x[:, :self.num_depth].softmax(dim=1).view(batch_size, -1, self.num_depth, H_f, W_f)
+        context = x[:, self.num_depth:].view(batch_size, -1, self.context_channels, H_f, W_f)
+        return depth, context.permute(0, 1, 3, 4, 2).contiguous()
+
+    def forward(self, img_feat, batch):
+        """img_feat (B*N, C, H_f, W_f) -> camera BEV (B, context, Y, X) and depth (B, N, D, H_f, W_f)."""
+        geometry = tuple(batch[k] for k in GEOMETRY_KEYS)
+        B = geometry[0].shape[0]
+        depth, context = self.lift(img_feat, batch.get("depth_maps"), B)
         ranks = self.bev_ranks(geometry)
         # pooled in float32 (also under fp16 autocast): sums of many points, and the kernels take float32
         bev = ops.bev_pool_v2(depth.float(), context.float(), *ranks, (B, 1, *self.bev_hw))  # (B, C, 1, Y, X)
