@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import evaluate
 import train_fusion
 from datasets import prepare_nuscenes
 from datasets.nuscenes_occ import load_infos
@@ -264,3 +265,12 @@ def test_info_files_written_elsewhere_are_read_with_info_dir(root_with_a_bad_sam
     position = train_fusion.main(args(synthetic_root, tmp_path, "--max-steps", "1", "--info-dir", str(root / "infos")))
     assert position.step == 1
     assert load_checkpoint(latest_checkpoint(tmp_path))["run"]["settings"]["train_split"] is None
+
+
+def test_evaluate_refuses_an_out_that_is_a_folder_and_a_save_pred_that_is_a_file(tmp_path):
+    with pytest.raises(UsageError, match=re.escape(f"--out {tmp_path} is a folder")):
+        evaluate.main(["--pred-dir", str(tmp_path), "--data-root", str(tmp_path), "--out", str(tmp_path)])
+    a_file = tmp_path / "preds"
+    a_file.write_text("")
+    with pytest.raises(UsageError, match=re.escape(f"--save-pred {a_file} is a file")):
+        evaluate.main(["--ckpt", "x.pt", "--data-root", str(tmp_path), "--save-pred", str(a_file)])
