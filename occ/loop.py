@@ -275,7 +275,7 @@ def check_resumable(checkpoint, path, cfg, settings):
     if stored.get("name") != cfg.name:
         raise UsageError(f"--resume: {path} is a run of preset '{stored.get('name')}', but this run is "
                          f"'{cfg.name}'; use the checkpoint's preset or another --work-dir")
-    old, new = flatten(stored), flatten(json.loads(json.dumps(config_to_dict(cfg))))
+    old, new = flatten(stored), flatten(config_to_dict(cfg))   # config_to_dict is already JSON-plain
     old_settings = (checkpoint.get("run") or {}).get("settings", {})
     new_settings = json.loads(json.dumps(settings))
     differences = [f"{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}"

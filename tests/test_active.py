@@ -4,7 +4,6 @@ that ignores unselected voxels, selections that never repeat a frame, and the sc
 on the small synthetic world (one training scene of 3 frames)."""
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ import torch.nn.functional as F
 
 import active_select
 import train_fusion
-from datasets import prepare_nuscenes
 from datasets.build import dataset_from_config, info_path
 from datasets.labelled import LabelledFrames
 from datasets.nuscenes_occ import NuScenesOccDataset, collate, load_infos, load_occ_gt
@@ -190,15 +188,6 @@ def test_the_loss_ignores_unselected_voxels(loss):
 
 
 # ------------------------------------------------------------------------------- on the synthetic world
-
-@pytest.fixture(scope="module")
-def data_root(synthetic_root, tmp_path_factory):
-    """The shared synthetic world (linked, read-only) plus its info files in a folder of our own."""
-    root = tmp_path_factory.mktemp("active_data")
-    for entry in os.listdir(synthetic_root):
-        os.symlink(os.path.join(synthetic_root, entry), root / entry)
-    prepare_nuscenes.prepare(str(root), "v1.0-mini", out_dir=str(root))
-    return str(root)
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 PRESET = "effocc_lidar_tiny"
 
 
-@pytest.fixture(scope="module")
-def data_root(synthetic_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults_data")
-    for entry in os.listdir(synthetic_root):
-        os.symlink(os.path.join(synthetic_root, entry), root / entry)
-    prepare_nuscenes.prepare(str(root), "v1.0-mini", out_dir=str(root))
-    return str(root)
-
 
 def args(data_root, work_dir, *extra):
     return ["--config", PRESET, "--data-root", data_root, "--work-dir", str(work_dir), "--no-val",

@@ -60,14 +60,6 @@ def yellow_fraction(frames):
     return float((np.abs(pixels - occ3d.PALETTE[BUS].astype(int)).max(1) < 60).mean())
 
 
-@pytest.fixture(scope="module")
-def data_root(synthetic_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp("video_data")
-    for entry in os.listdir(synthetic_root):
-        os.symlink(os.path.join(synthetic_root, entry), root / entry)
-    prepare_nuscenes.prepare(str(root), "v1.0-mini", out_dir=str(root))
-    return str(root)
-
 
 @pytest.fixture(scope="module")
 def val_infos(data_root):

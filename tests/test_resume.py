@@ -2,14 +2,12 @@
 epoch-boundary checkpoints, with 0 and 2 DataLoader workers, every weight, EMA tensor and optimizer
 moment equals an uninterrupted run's at least 10 steps later. The model trains with the real data
 augmentation (random sweeps, BEV flips), which is drawn from (seed, epoch, sample index)."""
-import os
 import shutil
 
 import pytest
 import torch
 
 import train_fusion
-from datasets import prepare_nuscenes
 from occ.checkpoint import checkpoint_path, load_checkpoint
 
 PRESET = "effocc_lidar_tiny"   # 3 training samples of batch 1: 3 steps per epoch
@@ -17,14 +15,6 @@ FINAL_STEP = 14
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def data_root(synthetic_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume_data")
-    for entry in os.listdir(synthetic_root):
-        os.symlink(os.path.join(synthetic_root, entry), root / entry)
-    prepare_nuscenes.prepare(str(root), "v1.0-mini", out_dir=str(root))
-    return str(root)
 
 
 def train(data_root, work_dir, workers, *extra):

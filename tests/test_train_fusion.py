@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import train_fusion
-from datasets import prepare_nuscenes
 from datasets.build import dataset_from_config, info_path
 from occ.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from cli import add_training_args, budget_args
@@ -18,15 +17,6 @@ from occ.data import select_scenes
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = "effocc_lidar_tiny"   # the cheapest model: keeps the suite fast
 
-
-@pytest.fixture(scope="module")
-def data_root(synthetic_root, tmp_path_factory):
-    """The shared synthetic world (linked, read-only) plus its info files in a folder of our own."""
-    root = tmp_path_factory.mktemp("train_fusion_data")
-    for entry in os.listdir(synthetic_root):
-        os.symlink(os.path.join(synthetic_root, entry), root / entry)
-    prepare_nuscenes.prepare(str(root), "v1.0-mini", out_dir=str(root))
-    return str(root)
 
 
 def train(data_root, work_dir, *extra):
