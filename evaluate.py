@@ -1,4 +1,6 @@
-"""Score occupancy predictions on an Occ3D-format split: mIoU (camera mask), geometry IoU, RayIoU.
+"""Score predictions on a split: Occ3D-nuScenes by default (mIoU in the camera mask, geometry IoU,
+RayIoU); --benchmark NAME scores another benchmark with the module scoring/NAME.py (its own options:
+python evaluate.py --benchmark NAME --help).
 
     python evaluate.py --ckpt CKPT --data-root ROOT [--split val] [--no-ema] [--save-pred DIR] [--out metrics.json]
     python evaluate.py --pred-dir DIR --data-root ROOT [--split val] [--out metrics.json]
@@ -14,9 +16,11 @@ the Occ3D submission format, one <sample_token>.npz per sample holding `semantic
 array of the file); every sample of the split must be there.
 Metrics are defined in occ/metrics.py (docs/metrics.md); the run is deterministic.
 """
+import importlib
 import json
 import math
 import os
+import sys
 
 import cli  # noqa: F401  (first: quiets third-party warnings before they are imported)
 
@@ -32,8 +36,28 @@ from occ.metrics import format_table, scene_lidar_origins
 from occ.visualize import gt_vs_pred_image, save_png, voxel_render
 
 
+BENCHMARKS = ("occ3d",)  # the first one is this file's; the others are scoring/<name>.py
+
+
+def split_benchmark(argv):
+    """(benchmark name, the other arguments) of a command line: --benchmark NAME may stand anywhere."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    benchmark = BENCHMARKS[0]
+    for index, arg in enumerate(argv):
+        if arg == "--benchmark" or arg.startswith("--benchmark="):
+            value = arg.split("=", 1)[1] if "=" in arg else (argv[index + 1] if index + 1 < len(argv) else "")
+            del argv[index:index + (1 if "=" in arg else 2)]
+            benchmark = value
+            break
+    if benchmark not in BENCHMARKS:
+        raise UsageError(f"--benchmark {benchmark!r} is not one of {BENCHMARKS}")
+    return benchmark, argv
+
+
 def parse_args(argv=None):
     parser = cli.parser_for(__doc__)
+    parser.add_argument("--benchmark", choices=BENCHMARKS, default=BENCHMARKS[0],
+                        help="the benchmark to score (default occ3d; the others have their own options)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="checkpoint written by a training script")
     source.add_argument("--pred-dir", help="folder of Occ3D-format <sample_token>.npz predictions")
@@ -172,6 +196,9 @@ def json_safe(value):
 
 
 def main(argv=None):
+    benchmark, argv = split_benchmark(argv)
+    if benchmark != "occ3d":
+        return importlib.import_module(f"scoring.{benchmark}").main(argv)
     args = parse_args(argv)
     split = args.split or default_split(args.data_root, "val")
     path = args.info or info_path(args.data_root, split)

@@ -27,6 +27,7 @@ HEADS = ("occ", "geometry")
 LOSSES = ("ce", "four", "focal")
 LR_SCHEDULES = ("step", "cosine")
 COLOR_ORDERS = ("rgb", "bgr")
+BENCHMARKS = ("occ3d", "openocc", "openoccupancy", "waymo")  # which GT the dataset reads (docs/data.md)
 DERIVED_FIELDS = ("data.load_points", "data.load_depth")
 
 
@@ -40,6 +41,7 @@ class DataConfig:
     bev_flip: bool = True  # random x / y flips of the BEV (p=0.5 each) when training
     load_points: bool = True  # derived: the model has a LiDAR branch
     load_depth: bool = True  # derived: the model takes LiDAR depth maps
+    benchmark: str = "occ3d"  # "occ3d" | "openocc" | "openoccupancy" | "waymo": the GT format and grid
     occ_gt_dir: str = occ3d.GT_DIR  # Occ3D ground truth folder inside the data root
     color_order: str = "rgb"  # "rgb" | "bgr": channel order of the input images (official checkpoints: bgr)
     num_workers: int = 4
@@ -237,7 +239,8 @@ def finalize(cfg):
                                 ("model.bev_encoder", m.bev_encoder, BEV_ENCODERS), ("model.head", m.head, HEADS),
                                 ("train.loss", cfg.train.loss, LOSSES),
                                 ("train.lr_schedule", cfg.train.lr_schedule, LR_SCHEDULES),
-                                ("data.color_order", cfg.data.color_order, COLOR_ORDERS)):
+                                ("data.color_order", cfg.data.color_order, COLOR_ORDERS),
+                                ("data.benchmark", cfg.data.benchmark, BENCHMARKS)):
         if value not in choices:
             raise UsageError(f"{key} = {value!r} is not one of {choices}")
     cfg.data.load_points = m.modality in ("fusion", "lidar")
