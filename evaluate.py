@@ -28,15 +28,15 @@ import numpy as np
 import torch
 
 from datasets.build import dataset_from_config, default_split, info_path
-from datasets.nuscenes_occ import collate, load_infos, load_occ_gt
+from datasets.nuscenes_occ import collate, load_infos, load_occ_gt, read_npz
 from occ import occ3d
-from occ.errors import UsageError
+from occ.errors import DataError, UsageError
 from occ.evaluation import MASKS, build_model_from_checkpoint, predict, score_occupancy
 from occ.metrics import format_table, scene_lidar_origins
 from occ.visualize import gt_vs_pred_image, save_png, voxel_render
 
 
-BENCHMARKS = ("occ3d",)  # the first one is this file's; the others are scoring/<name>.py
+BENCHMARKS = ("occ3d", "detection", "waymo", "openocc", "openoccupancy")  # the first one is this file's; the others are scoring/<name>.py
 
 
 def split_benchmark(argv):
@@ -90,30 +90,35 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------------- predictions
-def load_prediction(path):
-    """An Occ3D submission file -> uint8 (200, 200, 16); FileNotFoundError when it is missing,
-    occ.errors.DataError naming the file when it is empty, truncated, corrupt or holds the wrong
-    arrays, shape, dtype or labels."""
-    from datasets.nuscenes_occ import read_npz  # noqa: local imports keep this edit to one function
-    from occ.errors import DataError
+def label_grid(path, array, shape, max_label, what):
+    """Check a predicted label grid read from `path`: shape, integer dtype, labels in [0, max_label]
+    (`what` describes them in the error); returns it as uint8. DataError naming the file otherwise."""
+    if array.shape != shape:
+        raise DataError(f"prediction {path} has shape {array.shape}, expected {shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"prediction {path} has dtype {array.dtype}, expected integer labels (uint8)")
+    if array.min() < 0 or array.max() > max_label:
+        raise DataError(f"prediction {path} holds labels outside [0, {max_label}] ({what}): "
+                        f"min {array.min()}, max {array.max()}")
+    return array.astype(np.uint8)
 
+
+def read_semantics(path):
+    """The `semantics` array of a prediction file (or its single array); FileNotFoundError when the
+    file is missing, DataError naming it when it is empty, truncated, corrupt or holds other arrays."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"prediction not found: {path}")
     arrays = read_npz(path, "prediction")  # BadZipFile, EOFError, zlib.error... -> DataError
     if "semantics" in arrays:
-        pred = arrays["semantics"]
-    elif len(arrays) == 1:
-        pred = next(iter(arrays.values()))
-    else:
-        raise DataError(f"prediction {path} holds {sorted(arrays)}: expected 'semantics' or a single array")
-    if pred.shape != occ3d.GRID_SHAPE:
-        raise DataError(f"prediction {path} has shape {pred.shape}, expected {occ3d.GRID_SHAPE}")
-    if not np.issubdtype(pred.dtype, np.integer):
-        raise DataError(f"prediction {path} has dtype {pred.dtype}, expected integer labels (uint8)")
-    if pred.min() < 0 or pred.max() > occ3d.FREE:
-        raise DataError(f"prediction {path} holds labels outside [0, {occ3d.FREE}]: "
-                        f"min {pred.min()}, max {pred.max()}")
-    return pred.astype(np.uint8)
+        return arrays["semantics"]
+    if len(arrays) == 1:
+        return next(iter(arrays.values()))
+    raise DataError(f"prediction {path} holds {sorted(arrays)}: expected 'semantics' or a single array")
+
+
+def load_prediction(path):
+    """An Occ3D submission file -> uint8 (200, 200, 16) (read_semantics, label_grid)."""
+    return label_grid(path, read_semantics(path), occ3d.GRID_SHAPE, occ3d.FREE, f"Occ3D classes, free = {occ3d.FREE}")
 
 
 def save_prediction(folder, token, pred):
@@ -148,6 +153,9 @@ def model_samples(args, path):
     """Scored-sample dicts of the checkpoint's model on the split (its GT read by the dataset)."""
     torch.manual_seed(0)
     model, cfg = build_model_from_checkpoint(args.ckpt, not args.no_ema, args.device)
+    if cfg.data.benchmark != "occ3d":
+        raise UsageError(f"checkpoint {args.ckpt} ({cfg.name}) was trained for data.benchmark = "
+                         f"{cfg.data.benchmark!r}: score it with --benchmark {cfg.data.benchmark}")
     print(f"model {cfg.name} from {args.ckpt} ({'raw' if args.no_ema else 'EMA'} weights) on {args.device}")
     dataset = dataset_from_config(cfg, args.data_root, path, train=False, load_gt=True)
     return predict(model, dataset, args.device, collate, args.batch_size, args.num_workers)
@@ -195,6 +203,14 @@ def json_safe(value):
     return value
 
 
+def write_metrics(path, metrics):
+    """The metrics as JSON (NaN -> null) at `path`, its folder made when missing."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(json_safe(metrics), f, indent=2)
+    print(f"metrics written to {path}")
+
+
 def main(argv=None):
     benchmark, argv = split_benchmark(argv)
     if benchmark != "occ3d":
@@ -222,10 +238,7 @@ def main(argv=None):
     if args.vis_dir:
         print(f"pictures of {min(args.vis_samples, len(infos))} samples written to {args.vis_dir}")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(json_safe(metrics), f, indent=2)
-        print(f"metrics written to {args.out}")
+        write_metrics(args.out, metrics)
     return metrics
 
 

@@ -35,7 +35,7 @@ from occ.config import apply_overrides, get_config
 from occ.data import move_batch
 from occ.loop import evaluate_with_ema, fit, setup_run
 from occ.errors import UsageError
-from occ.losses import occupancy_focal_loss
+from occ.losses import camera_depth_loss, occupancy_focal_loss
 from occ.models import build_model
 from occ.visualize import bev_semantic_map, titled
 
@@ -112,10 +112,15 @@ def occbev_dataset(cfg, data_root, info_file, train, targets_dir, skip_bad_sampl
 
 
 # ------------------------------------------------------------------------- loss and metric
-def occbev_loss(model, batch):
+def make_occbev_loss(cfg):
     """loss_fn(model, batch) of occ.loop.fit: the focal loss over every voxel
-    (docs/training.md#occ-bev-pre-training)."""
-    return {"loss_focal": occupancy_focal_loss(model(batch)["geo_logits"], batch["occupied"])}
+    (docs/training.md#occ-bev-pre-training), plus the depth loss with model.depth_loss_weight > 0
+    (docs/training.md#depth-supervision)."""
+    def occbev_loss(model, batch):
+        outputs = model(batch)
+        return {"loss_focal": occupancy_focal_loss(outputs["geo_logits"], batch["occupied"]),
+                **camera_depth_loss(outputs, batch, cfg.model)}
+    return occbev_loss
 
 
 def occupied_prediction(geo_logits):
@@ -182,7 +187,7 @@ def main(argv=None):
     run.log(f"{cfg.name}: {len(train_set)} training samples ({train_split}, every scene, no labels), "
             f"{len(val_set) if val_set else 0} validation samples, targets in {targets_dir}, "
             f"{run.accelerator.num_processes} process(es)")
-    return fit(run, occbev_loss, make_validate(val_set) if val_set else None, **cli.fit_options(args))
+    return fit(run, make_occbev_loss(cfg), make_validate(val_set) if val_set else None, **cli.fit_options(args))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from occ.data import scene_fraction
 from occ.loop import fit, setup_run
 from occ.errors import UsageError
 from occ.evaluation import build_model_from_checkpoint, make_occupancy_validate
-from occ.losses import distill_losses
+from occ.losses import camera_depth_loss, distill_losses
 from occ.models import build_model
 
 TEACHER_ONLY_KEYS = ("points", "depth_maps")   # batch entries the camera-only student never sees
@@ -102,9 +102,10 @@ def inherit_head(student, teacher):
 
 def distillation_dataset(cfg, teacher_cfg, data_root, info_file, skip_bad_samples=False):
     """Training samples with the student's images and augmentation plus the teacher's LiDAR inputs
-    (points, depth maps, its sweep count)."""
+    (points, depth maps, its sweep count); depth maps also for a student with depth supervision."""
     data = dataclasses.replace(cfg.data, num_sweeps=teacher_cfg.data.num_sweeps,
-                               load_points=teacher_cfg.data.load_points, load_depth=teacher_cfg.data.load_depth)
+                               load_points=teacher_cfg.data.load_points,
+                               load_depth=teacher_cfg.data.load_depth or cfg.data.load_depth)
     return dataset_from_config(dataclasses.replace(cfg, data=data), data_root, info_file, train=True,
                                skip_bad_samples=skip_bad_samples)
 
@@ -150,12 +151,15 @@ def forward_pair(student, teacher, batch):
     return student(student_inputs(batch)), teacher_out
 
 
-def make_loss_fn(teacher):
-    """loss_fn(student, batch) -> the seven named DistillOcc losses (docs/training.md#distillocc)."""
+def make_loss_fn(teacher, student_cfg):
+    """loss_fn(student, batch) -> the seven named DistillOcc losses (docs/training.md#distillocc), plus
+    the student's depth loss when it is trained with depth supervision (model.depth_loss_weight > 0;
+    on every frame, labelled or not: the LiDAR is there)."""
     def loss_fn(student, batch):
         student_out, teacher_out = forward_pair(student, teacher, batch)
-        return distill_losses(student_out["bev_feat"], student_out["occ_logits"], teacher_out["bev_feat"],
-                              teacher_out["occ_logits"], batch["semantics"], batch["mask_camera"], batch["labelled"])
+        losses = distill_losses(student_out["bev_feat"], student_out["occ_logits"], teacher_out["bev_feat"],
+                                teacher_out["occ_logits"], batch["semantics"], batch["mask_camera"], batch["labelled"])
+        return {**losses, **camera_depth_loss(student_out, batch, student_cfg.model)}
     return loss_fn
 
 
@@ -188,7 +192,7 @@ def main(argv=None):
             f"scenes (fraction {args.labelled_fraction}), {len(val_set) if val_set else 0} validation samples, "
             f"{run.accelerator.num_processes} process(es)")
     validate = make_occupancy_validate(val_set, collate) if val_set else None
-    return fit(run, make_loss_fn(teacher), validate, **cli.fit_options(args))
+    return fit(run, make_loss_fn(teacher, cfg), validate, **cli.fit_options(args))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 import os
 
 from datasets.nuscenes_occ import NuScenesOccDataset
+from datasets.waymo_occ import WaymoOccDataset
 from datasets.prepare_nuscenes import info_path, prepare
 from datasets.synthetic.generate import Options, generate
 
@@ -21,14 +22,25 @@ def default_split(data_root, kind):
 def dataset_from_config(cfg, data_root, info_file, train, load_gt=True, skip_bad_samples=False):
     """NuScenesOccDataset of an info file with the inputs the model of `cfg` reads (train: with
     the config's augmentation, drawn from (cfg.train.seed, epoch, sample index); otherwise
-    deterministic, nearest sweeps)."""
+    deterministic, nearest sweeps). A detection model (model.head "detection") reads the info
+    files' boxes as its ground truth (load_gt) instead of occupancy labels."""
     d = cfg.data
+    detection = cfg.model.head == "detection"
     image_aug = {"resize_jitter": d.resize_jitter, "rotate_deg": d.rotate_deg, "flip_prob": d.flip_prob}
+    if d.benchmark == "waymo":  # Occ3D-Waymo: 5 cameras, one sweep, its own GT (datasets/waymo_occ.py)
+        return WaymoOccDataset(data_root, info_file, train=train, image_size=d.image_size, num_sweeps=0,
+                               load_points=d.load_points, load_depth=d.load_depth,
+                               load_images=cfg.model.modality != "lidar", load_gt=load_gt, bev_flip=d.bev_flip,
+                               image_aug=image_aug, seed=cfg.train.seed, skip_bad_samples=skip_bad_samples,
+                               color_order=d.color_order)
     return NuScenesOccDataset(data_root, info_file, train=train, image_size=d.image_size,
                               num_sweeps=d.num_sweeps, load_points=d.load_points, load_depth=d.load_depth,
-                              load_images=cfg.model.modality != "lidar", load_gt=load_gt,
+                              load_images=cfg.model.modality != "lidar", load_gt=load_gt and not detection,
+                              load_boxes=load_gt and detection,
                               occ_gt_dir=d.occ_gt_dir, bev_flip=d.bev_flip, image_aug=image_aug,
-                              seed=cfg.train.seed, skip_bad_samples=skip_bad_samples, color_order=d.color_order)
+                              seed=cfg.train.seed, skip_bad_samples=skip_bad_samples, color_order=d.color_order,
+                              max_depth=cfg.model.depth_bins[1], require_flow=d.benchmark == "openocc",
+                              benchmark=d.benchmark)
 
 
 def ensure_synthetic_world(root):

@@ -2,6 +2,10 @@
 
     python datasets/make_synthetic.py --out DIR [--scenes N] [--samples-per-scene K] [--seed S]
                                       [--image-size WxH] [--workers W] [--preview]
+    python datasets/make_synthetic.py --format waymo --out DIR [...]   the same world, Occ3D-Waymo
+                                      layout (datasets/synthetic/waymo.py, docs/data.md#occ3d-waymo):
+                                      K frames at 10 Hz per scene, --image-size = the front cameras
+                                      (default 1920x1280; the side cameras keep the height ratio 886/1280)
 
 Layout under DIR (nuScenes v1.0-mini plus the occupancy ground truths):
     v1.0-mini/*.json                  the 13 nuScenes tables + lidarseg.json
@@ -28,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.synthetic.generate import Options, generate  # noqa: E402
 from datasets.synthetic.preview import write_preview  # noqa: E402
+from datasets.synthetic.waymo import WaymoOptions, generate_waymo  # noqa: E402
 
 
 def image_size(text):
@@ -44,11 +49,25 @@ def main(argv=None):
     parser.add_argument("--scenes", type=int, default=10, help="number of scenes, 1..10")
     parser.add_argument("--samples-per-scene", type=int, default=20, help="key frames per scene")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=image_size, default=(1600, 900), help="camera image WxH")
+    parser.add_argument("--format", choices=("nuscenes", "waymo"), default="nuscenes",
+                        help="nuScenes v1.0-mini layout (default) or the Occ3D-Waymo layout")
+    parser.add_argument("--image-size", type=image_size, default=None,
+                        help="camera image WxH (default 1600x900; waymo: front cameras, default 1920x1280)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes")
     parser.add_argument("--preview", action="store_true", help="also write DIR/preview.png")
     args = parser.parse_args(argv)
-    options = Options(args.out, args.scenes, args.samples_per_scene, args.seed, args.image_size, args.workers)
+    if args.format == "waymo":
+        if args.preview:
+            parser.error("--preview draws the nuScenes format only")
+        options = WaymoOptions(args.out, args.scenes, args.samples_per_scene, args.seed,
+                               args.image_size or WaymoOptions.image_size, args.workers)
+        try:
+            generate_waymo(options)
+        except (ValueError, FileExistsError) as error:
+            parser.error(str(error))
+        return
+    options = Options(args.out, args.scenes, args.samples_per_scene, args.seed, args.image_size or (1600, 900),
+                      args.workers)
     try:
         generate(options)
     except (ValueError, FileExistsError) as error:

@@ -13,12 +13,19 @@ One sample (the batch dict of the project without its batch axis), N cameras, in
                                       key frame (time_lag 0) + the sweeps, whose points with
                                       |x|, |y| < 1 m in their own sensor frame (the ego body) are
                                       dropped (docs/data.md#points-and-sweeps)
-    depth_maps  float32 (N, H, W)     nearest LiDAR depth per input pixel, 0 = none, in [1, 45) m
+    depth_maps  float32 (N, H, W)     nearest LiDAR depth per input pixel, 0 = none, in [1, max_depth) m
+                                      (the key frame alone when points are not loaded)
     semantics   int64 (200, 200, 16), mask_camera, mask_lidar bool (200, 200, 16),
     flow        float32 (200, 200, 16, 2) when the GT file has it; all indexed [x, y, z], flipped
+                benchmark "openoccupancy": semantics int64 (512, 512, 40) only (0 empty, 1..16, 255
+                ignored), and points, cam2ego and the grid in the key frame's LIDAR frame, not its ego frame
+    gt_boxes    float32 (M, 9), gt_labels int64 (M,)   with load_boxes (detection): the info record's
+                                      boxes of the 10 detection classes that hold LiDAR points, x, y, z,
+                                      l, w, h, yaw, vx, vy in the augmented ego frame (occ/detection.py)
     sample_token, scene_name  str
     num_skipped int64 ()              only with skip_bad_samples: bad samples skipped to produce this one
 Camera keys are present when images or depth maps are loaded, GT keys when load_gt is set.
+`points`, `gt_boxes` and `gt_labels` collate to lists (their lengths vary).
 Train-mode augmentation depends only on (seed, epoch, sample index) (NuScenesOccDataset).
 Info files are read with a restricted unpickler: plain data and numpy arrays only, never code.
 """
@@ -32,8 +39,9 @@ import zlib
 import numpy as np
 import torch
 
-from datasets import transforms
+from datasets import openoccupancy, transforms
 from occ import occ3d, openocc
+from occ.detection import boxes_from_info
 from occ.errors import DataError, UsageError
 from occ.geometry import bda_matrix, invert_transform
 
@@ -150,11 +158,15 @@ def load_occ_gt(path):
     unreadable (empty, truncated, corrupt), lacks a key, has a wrong shape, non-integer semantics
     or labels out of range, or masks that are not bool / 0-1 integers. Semantics are returned as
     stored: Occ3D classes (0..17, 17 = free) or, for OpenOcc v2 files (the ones with `flow`), the
-    OpenOcc order (0..16, 16 = free, docs/data.md#openocc-v2-occupancy-and-flow)."""
+    OpenOcc order (0..16, 16 = free, docs/data.md#openocc-v2-occupancy-and-flow), whose masks may
+    be absent (then all True)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"occupancy GT not found: {path}")
     arrays = read_npz(path, "occupancy GT")
     grid = occ3d.GRID_SHAPE
+    if "flow" in arrays:  # OpenOcc v2: the masks are optional (the benchmark uses none), all True when absent
+        for key in ["mask_camera", "mask_lidar"]:
+            arrays.setdefault(key, np.ones(grid, dtype=bool))
     for key in ["semantics", "mask_camera", "mask_lidar"]:
         if key not in arrays:
             raise DataError(f"occupancy GT {path} lacks '{key}' (has {sorted(arrays)})")
@@ -227,7 +239,8 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
     def __init__(self, data_root, info_path, train, image_size=(256, 704), num_sweeps=9,
                  load_points=True, load_depth=True, load_images=True, load_gt=True,
                  occ_gt_dir=occ3d.GT_DIR, bev_flip=True, image_aug=transforms.IMAGE_AUG_DEFAULTS,
-                 skip_bad_samples=False, seed=0, color_order="rgb"):
+                 skip_bad_samples=False, seed=0, color_order="rgb", max_depth=45.0, require_flow=False,
+                 load_boxes=False, benchmark="occ3d"):
         unknown = set(image_aug) - set(transforms.IMAGE_AUG_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown image_aug keys {sorted(unknown)}; "
@@ -247,6 +260,7 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
         self.num_sweeps = num_sweeps
         self.load_points = load_points
         self.load_depth = load_depth
+        self.max_depth = max_depth  # depth maps keep LiDAR depths in [1, max_depth)
         self.load_images = load_images
         self.load_gt = load_gt
         self.occ_gt_dir = occ_gt_dir
@@ -255,6 +269,11 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
         self.skip_bad_samples = skip_bad_samples
         self.num_skipped = 0
         self.color_order = color_order  # "rgb" | "bgr" (transforms.normalize_image)
+        self.require_flow = require_flow  # OpenOcc: a GT file without `flow` is an error
+        # "openoccupancy": its dense GT (datasets/openoccupancy.py), and points, cameras and grid in the
+        # key frame's LiDAR frame instead of its ego frame
+        self.lidar_frame = benchmark == "openoccupancy"
+        self.load_boxes = load_boxes  # detection: gt_boxes, gt_labels from the info record
 
     def __len__(self):
         return len(self.infos)
@@ -298,7 +317,13 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
         raise DataError(f"every sample of {self.info_path} is bad ({len(self.infos)} tried); the last: {error}")
 
     def gt_path(self, info):
+        if self.lidar_frame:
+            return openoccupancy.gt_path(self.data_root, info["scene_token"], info["lidar_token"])
         return occ3d.gt_path(self.data_root, info["scene_name"], info["token"], self.occ_gt_dir)
+
+    def ego2frame(self, info):
+        """Key-frame ego frame -> the frame of points, cameras and grid: identity, or ego -> LiDAR."""
+        return invert_transform(info["lidar2ego"]) if self.lidar_frame else np.eye(4)
 
     def load_sample(self, index):
         """Sample `index`, every random draw from `sample_rng(index)`; errors propagate."""
@@ -308,8 +333,11 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
 
         points = None
         if self.load_points or self.load_depth:
-            sweeps = transforms.choose_sweeps(len(info["sweeps"]), self.num_sweeps, rng)
+            # points read only for depth maps (camera models with depth supervision): the key frame alone
+            sweeps = transforms.choose_sweeps(len(info["sweeps"]), self.num_sweeps, rng) if self.load_points else []
             points = transforms.load_multisweep_points(self.data_root, info, sweeps)
+            if self.lidar_frame:
+                points[:, :3] = transforms.transform_xyz(points, self.ego2frame(info))
 
         if self.load_images or self.load_depth:
             sample.update(self.load_cameras(info, points, rng))
@@ -322,12 +350,22 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
         if self.load_points:
             points[:, :3] = transforms.transform_xyz(points, bda)
             sample["points"] = torch.from_numpy(points)
-        if self.load_gt:
+        if self.load_gt and self.lidar_frame:
+            semantics = openoccupancy.load_openoccupancy_gt(self.gt_path(info))
+            sample["semantics"] = torch.from_numpy(transforms.flip_grid(semantics, flip_x, flip_y).astype(np.int64))
+        elif self.load_gt:
             gt = load_occ_gt(self.gt_path(info))
+            if self.require_flow and "flow" not in gt:
+                raise DataError(f"occupancy GT {self.gt_path(info)} has no 'flow': the OpenOcc benchmark needs "
+                                f"OpenOcc v2 labels (data.occ_gt_dir = '{openocc.GT_DIR}')")
             for key, grid in gt.items():
                 flipped = transforms.flip_flow(grid, flip_x, flip_y) if key == "flow" else \
                     transforms.flip_grid(grid, flip_x, flip_y)
                 sample[key] = torch.from_numpy(flipped)
+        if self.load_boxes:
+            boxes, labels = boxes_from_info(info["boxes"])
+            sample["gt_boxes"] = torch.from_numpy(transforms.transform_boxes(boxes, bda))
+            sample["gt_labels"] = torch.from_numpy(labels)
         return sample
 
     def load_cameras(self, info, points_ego, rng):
@@ -335,7 +373,7 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
         if not info["cams"]:
             raise UsageError(f"sample {info['token']} ({info['scene_name']}) has no cameras; "
                              f"use load_images=False, load_depth=False for LiDAR-only data")
-        global2keyego = invert_transform(info["ego2global"])
+        global2keyego = self.ego2frame(info) @ invert_transform(info["ego2global"])
         height, width = self.image_height, self.image_width
         geometry = {"cam2ego": [], "intrinsics": [], "post_rot": [], "post_tran": []}
         images = []
@@ -354,13 +392,17 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
                 images.append(transforms.normalize_image(image, self.color_order))
         if self.load_depth:
             depth_maps = transforms.lidar_depth_maps(points_ego, geometry["cam2ego"], geometry["intrinsics"],
-                                                     geometry["post_rot"], geometry["post_tran"], height, width)
+                                                     geometry["post_rot"], geometry["post_tran"], height, width,
+                                                     max_depth=self.max_depth)
         out = {key: torch.from_numpy(np.stack(values).astype(np.float32)) for key, values in geometry.items()}
         if self.load_images:
             out["images"] = torch.from_numpy(np.stack(images))
         if self.load_depth:
             out["depth_maps"] = torch.from_numpy(depth_maps)
         return out
+
+
+LIST_KEYS = ("points", "gt_boxes", "gt_labels")  # per-sample lengths vary: collated to lists
 
 
 def collate(samples):
@@ -374,7 +416,7 @@ def collate(samples):
     batch = {}
     for key in keys:
         values = [sample[key] for sample in samples]
-        if key == "points" or isinstance(values[0], str):
+        if key in LIST_KEYS or isinstance(values[0], str):
             batch[key] = values
         else:
             shapes = {tuple(v.shape) for v in values}

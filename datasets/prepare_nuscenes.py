@@ -22,6 +22,10 @@ timestamp, made of plain Python / numpy values:
         about +z from the ego x axis.
     occ_path: "gts/<scene_name>/<token>/labels.npz" (relative to the root) when that file exists,
         else None.
+    openocc_path: "openocc_v2/<scene_name>/<token>/labels.npz" (OpenOcc v2 occupancy + flow) when
+        that file exists, else None (absent from info files written before it was added).
+    openoccupancy_path: "nuScenes-Occupancy/scene_<scene_token>/occupancy/<lidar_token>.npy"
+        (OpenOccupancy) when that file exists, else None (likewise; the dataset derives the path itself).
 
 Re-running is cheap: a split whose info file is newer than every table (and than the gts folder)
 is skipped unless --force is given.
@@ -40,9 +44,10 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from occ import occ3d  # noqa: E402
+from occ import occ3d, openocc  # noqa: E402
 from occ.errors import DataError, UsageError  # noqa: E402
 from occ.geometry import invert_transform, make_transform  # noqa: E402
+from datasets.openoccupancy import GT_DIR as OPENOCCUPANCY_GT_DIR, gt_path as openoccupancy_gt_path  # noqa: E402
 
 VERSION_SPLITS = {
     "v1.0-trainval": ["train", "val"],
@@ -195,6 +200,8 @@ def sample_info(nusc, root, sample, scene):
     lidar_data = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
     lidar2ego, ego2global = sensor_transforms(nusc, lidar_data)
     occ_path = occ3d.gt_path("", scene["name"], sample["token"])
+    openocc_path = occ3d.gt_path("", scene["name"], sample["token"], openocc.GT_DIR)
+    openoccupancy_path = openoccupancy_gt_path("", scene["token"], lidar_data["token"])
     return {
         "token": sample["token"],
         "scene_name": scene["name"],
@@ -210,6 +217,8 @@ def sample_info(nusc, root, sample, scene):
         "cams": camera_infos(nusc, root, sample),
         "boxes": box_infos(nusc, sample, ego2global),
         "occ_path": occ_path if os.path.isfile(os.path.join(root, occ_path)) else None,
+        "openocc_path": openocc_path if os.path.isfile(os.path.join(root, openocc_path)) else None,
+        "openoccupancy_path": openoccupancy_path if os.path.isfile(os.path.join(root, openoccupancy_path)) else None,
     }
 
 
@@ -238,7 +247,8 @@ def prepare(root, version, out_dir=None, force=False):
     out_dir = root if out_dir is None else out_dir
     check_version(version)
     tables = table_paths(root, version)
-    freshness_inputs = tables + [os.path.join(root, occ3d.GT_DIR)]
+    freshness_inputs = tables + [os.path.join(root, occ3d.GT_DIR), os.path.join(root, openocc.GT_DIR),
+                                 os.path.join(root, OPENOCCUPANCY_GT_DIR)]
     # The devkit is slow to load the full tables: skip it when every output is up to date.
     existing = {s: info_path(out_dir, s) for s in VERSION_SPLITS.get(version, [])
                 if os.path.isfile(info_path(out_dir, s))}

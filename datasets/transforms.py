@@ -235,3 +235,18 @@ def flip_flow(flow, flip_x, flip_y):
     flow = flip_grid(flow, flip_x, flip_y)
     sign = np.array([-1.0 if flip_x else 1.0, -1.0 if flip_y else 1.0], dtype=flow.dtype)
     return flow * sign
+
+
+def transform_boxes(boxes, bda):
+    """Boxes (M, 9) x, y, z, l, w, h, yaw, vx, vy under the BEV augmentation `bda` (4x4, rotation
+    about z, scale, x / y flips; `occ.geometry.bda_matrix`): centres and velocities are mapped by
+    it, the heading vector too (flip x: yaw -> pi - yaw, flip y: yaw -> -yaw), sizes scaled."""
+    bda = np.asarray(bda, dtype=np.float64)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    out = boxes.copy()
+    out[:, :3] = boxes[:, :3] @ bda[:3, :3].T + bda[:3, 3]
+    out[:, 3:6] = boxes[:, 3:6] * np.linalg.norm(bda[:3, 0])
+    heading = np.stack([np.cos(boxes[:, 6]), np.sin(boxes[:, 6])], axis=1) @ bda[:2, :2].T
+    out[:, 6] = np.arctan2(heading[:, 1], heading[:, 0])
+    out[:, 7:9] = boxes[:, 7:9] @ bda[:2, :2].T
+    return out.astype(np.float32)

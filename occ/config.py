@@ -6,7 +6,8 @@ A `Config` has four parts: `data` (what the loader produces), `model` (what `bui
 fields with type checking; `config_to_dict` / `config_from_dict` round-trip through JSON.
 
 `data.load_points` and `data.load_depth` are derived from the model (LiDAR points for every model
-that has a LiDAR branch, depth maps for the fusion model with LiDAR-depth input); they are
+that has a LiDAR branch, depth maps for the fusion model with LiDAR-depth input and for camera
+models trained with depth supervision, model.depth_loss_weight > 0); they are
 recomputed after every change and cannot be set by hand.
 """
 import ast
@@ -16,17 +17,18 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
-from occ import occ3d
+from occ import occ3d, openocc, waymo
 from occ.errors import UsageError
 
 MODALITIES = ("fusion", "camera", "lidar")
 BACKBONES = ("resnet18", "resnet50", "swin_t", "swin_b")
 IMG_NECKS = ("custom_fpn", "fpn_lss")
 BEV_ENCODERS = ("second", "resnet")
-HEADS = ("occ", "geometry")
-LOSSES = ("ce", "four", "focal")
+HEADS = ("occ", "geometry", "detection")
+LOSSES = ("ce", "four", "focal", "centerpoint", "ohem")
 LR_SCHEDULES = ("step", "cosine")
 COLOR_ORDERS = ("rgb", "bgr")
+FLOW_LOSS_VOXELS = ("occupied", "all")
 BENCHMARKS = ("occ3d", "openocc", "openoccupancy", "waymo")  # which GT the dataset reads (docs/data.md)
 DERIVED_FIELDS = ("data.load_points", "data.load_depth")
 
@@ -61,6 +63,8 @@ class ModelConfig:
     depth_bins: Tuple[float, float, float] = (1.0, 45.0, 0.5)  # start, stop, step -> D = 88
     context_channels: int = 64
     use_lidar_depth: bool = True  # LiDAR depth maps as an input of the depth net (fusion)
+    depth_loss_weight: float = 0.0  # > 0: BEVDepth-style depth supervision from LiDAR (camera branch)
+    camera_height_bins: int = 1  # z bins of the camera BEV, stacked into channels (published: 1)
     # LiDAR branch
     voxel_size: Tuple[float, float, float] = (0.05, 0.05, 0.16)
     max_points_per_voxel: int = 10
@@ -79,9 +83,10 @@ class ModelConfig:
     bev_neck_mid_channels: int = 512
     bev_neck_channels: int = 256
     # head
-    head: str = "occ"  # "occ" (channel-to-height semantics) | "geometry" (Occ-BEV 3-D decoder)
+    head: str = "occ"  # "occ" (channel-to-height semantics) | "geometry" (Occ-BEV 3-D decoder) | "detection"
     head_hidden: int = 256  # conv width; the MLP hidden width is twice this
     num_classes: int = occ3d.NUM_CLASSES
+    flow_head: bool = False  # OpenOcc: a per-voxel (vx, vy) branch on the occupancy head's feature
     point_cloud_range: Tuple[float, float, float, float, float, float] = occ3d.GRID_RANGE
     occ_voxel_size: float = occ3d.VOXEL_SIZE  # -> occ3d.GRID_SHAPE (200 x 200 x 16)
 
@@ -101,7 +106,9 @@ class TrainConfig:
     epochs: int = 48
     ema_decay: float = 0.999
     ema_ramp: int = 2000  # decay * (1 - exp(-updates / ramp))
-    loss: str = "ce"  # "ce" | "four" (CE + sem_scal + geo_scal + Lovasz) | "focal" (Occ-BEV)
+    loss: str = "ce"  # "ce" | "four" (CE + sem_scal + geo_scal + Lovasz) | "focal" (Occ-BEV) | "centerpoint" (detection)
+    flow_loss_weight: float = 0.25  # model.flow_head: weight of the L1 flow loss
+    flow_loss_voxels: str = "occupied"  # "occupied" (GT not free) | "all" (the original): what the L1 covers
     seed: int = 0
     log_interval: int = 50  # iterations
     val_interval: int = 1  # epochs
@@ -146,9 +153,63 @@ def effocc_fusion_swinb():
     return cfg
 
 
+def effocc_fusion_r18_flow():
+    """OpenOcc v2 occupancy + flow (EFFOcc's flashocc-fusion-r18_flow): 17 OpenOcc classes, a flow
+    branch, CE over every voxel + 0.25 L1 flow (docs/training.md#occupancy-and-flow-openocc)."""
+    cfg = effocc_fusion_r18()
+    cfg.name = "effocc_fusion_r18_flow"
+    cfg.data.benchmark, cfg.data.occ_gt_dir, cfg.data.batch_size = "openocc", openocc.GT_DIR, 2
+    cfg.model.num_classes, cfg.model.flow_head = len(openocc.CLASS_NAMES), True
+    cfg.train.lr, cfg.train.epochs = 1e-4, 24
+    return cfg
+
+
+def effocc_openoccupancy_r18():
+    """OpenOccupancy (nuScenes-Occupancy; EFFOcc's effocc-fusion-r18 for it): the 512 x 512 x 40 grid
+    of the LiDAR frame at 0.2 m, depth [1, 60) at 1 m, 0.025 x 0.025 x 0.2 m LiDAR voxels (sparse
+    41 x 4096 x 4096, stride 8 -> 512 x 512), 17 classes (40 x 17 = 680 logits per BEV cell), the
+    four losses with fixed class weights and no camera mask (docs/training.md#openoccupancy)."""
+    cfg = effocc_fusion_r18()
+    cfg.name = "effocc_openoccupancy_r18"
+    cfg.data.benchmark, cfg.data.batch_size = "openoccupancy", 2
+    m = cfg.model
+    m.point_cloud_range, m.occ_voxel_size = openocc.OPENOCCUPANCY_GRID_RANGE, openocc.OPENOCCUPANCY_VOXEL_SIZE
+    m.depth_bins, m.voxel_size = (1.0, 60.0, 1.0), (0.025, 0.025, 0.2)
+    m.num_classes = len(openocc.OPENOCCUPANCY_CLASS_NAMES)
+    cfg.train.loss, cfg.train.lr, cfg.train.epochs = "four", 1e-4, 24
+    return cfg
+
+
+def effocc_openoccupancy_r50():
+    cfg = effocc_openoccupancy_r18()
+    cfg.name = "effocc_openoccupancy_r50"
+    cfg.data.image_size, cfg.model.backbone, cfg.train.epochs = (512, 1408), "resnet50", 15
+    return cfg
+
+
 def effocc_lidar():
     cfg = effocc_fusion_r18()
     cfg.name = "effocc_lidar"
+    cfg.model.modality = "lidar"
+    return cfg
+
+
+def effocc_waymo_fusion_r18():
+    """EFFOcc-T on Occ3D-Waymo (flashocc-fusion-waymoD1-1f): 5 cameras, one LiDAR sweep, 16 Waymo
+    classes, OHEM cross-entropy with the published class weights, AdamW 1e-4, batch 2, 24 epochs
+    (the 20 % / 8-epoch setting: train_fusion.py --frames-every 5 --set train.epochs=8)."""
+    cfg = effocc_fusion_r18()
+    cfg.name = "effocc_waymo_fusion_r18"
+    cfg.data.benchmark, cfg.data.occ_gt_dir, cfg.data.num_sweeps, cfg.data.batch_size = "waymo", waymo.GT_DIR, 0, 2
+    cfg.model.num_classes = waymo.NUM_CLASSES
+    cfg.train.lr, cfg.train.epochs, cfg.train.lr_step_epochs, cfg.train.loss = 1e-4, 24, (24,), "ohem"
+    return cfg
+
+
+def effocc_waymo_lidar():
+    """EFFOcc-L on Occ3D-Waymo (flashocc-lidar-waymoD1-1f): effocc_waymo_fusion_r18 without cameras."""
+    cfg = effocc_waymo_fusion_r18()
+    cfg.name = "effocc_waymo_lidar"
     cfg.model.modality = "lidar"
     return cfg
 
@@ -181,9 +242,36 @@ def occbev_pretrain():
     return cfg
 
 
+def bevdet_r50():
+    """BEVDet-R50 (dev3.0) 3-D detection: flashocc_r50's camera branch and BEV encoder on the grid
+    [-51.2, 51.2]^2 x [-5, 3] at 0.8 m (128 x 128), depth [1, 60) at 1 m, a CenterPoint head
+    (docs/architecture.md#detection-head)."""
+    cfg = flashocc_r50()
+    cfg.name = "bevdet_r50"
+    m = cfg.model
+    m.point_cloud_range, m.occ_voxel_size = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), 0.8
+    m.depth_bins = (1.0, 60.0, 1.0)
+    m.head, m.head_hidden, m.num_classes = "detection", 64, 10  # occ.detection.CLASS_NAMES
+    t = cfg.train
+    t.lr, t.weight_decay, t.grad_clip, t.warmup_iters, t.epochs, t.loss = 2e-4, 1e-7, 5.0, 200, 24, "centerpoint"
+    return cfg
+
+
+def occbev_det_r50():
+    """Detection on the Occ-BEV pre-training model (occbev_pretrain's grid, depth bins, camera
+    branch and BEV encoder: every pre-trained weight but the decoder's transfers) with bevdet_r50's
+    head and schedule, the image backbone at 0.1 x the learning rate (Occ-BEV fine-tuning)."""
+    cfg = occbev_pretrain()
+    cfg.name = "occbev_det_r50"
+    cfg.model.head, cfg.model.head_hidden, cfg.model.num_classes = "detection", 64, 10
+    cfg.train = bevdet_r50().train
+    cfg.train.backbone_lr_mult = 0.1
+    return cfg
+
+
 def make_tiny(cfg):
     """A version of a preset that trains on a 2-core CPU: 128 x 352 images, narrow layers, 0.2 m
-    LiDAR voxels; the same 200 x 200 x 16 output grid and classes."""
+    LiDAR voxels; the same output grid (200 x 200 x 16, or OpenOccupancy's 512 x 512 x 40) and classes."""
     cfg.name += "_tiny"
     d, m = cfg.data, cfg.model
     d.image_size, d.num_workers, d.batch_size = (128, 352), 0, 1
@@ -195,6 +283,8 @@ def make_tiny(cfg):
     # sparse z: 17 -> 9 -> 5 -> 3 -> 1 (out conv); xy: 400 -> 200
     m.sparse_channels, m.sparse_blocks = (8, 16, 32, 32), 1
     m.sparse_down_strides = ((2, 2, 2), (2, 1, 1), (1, 1, 1))
+    if d.benchmark == "openoccupancy":  # keeps its 512 x 512 BEV: xy stride 1; z 21 -> 11 -> 6 -> 4 -> 1
+        m.sparse_down_strides = ((2, 1, 1), (2, 1, 1), (1, 1, 1))
     m.fuser_channels = 32
     m.second_channels, m.second_layers, m.secondfpn_channels = (32, 64), (1, 1), (32, 32)
     m.bev_resnet_channels, m.bev_resnet_blocks = (32, 64, 128), 1
@@ -210,7 +300,9 @@ def make_tiny(cfg):
 
 
 PRESETS = {fn.__name__: fn for fn in (effocc_fusion_r18, effocc_fusion_r50, effocc_fusion_swinb, flashocc_r50,
-                                      effocc_lidar, distillocc_r50, occbev_pretrain)}
+                                      effocc_lidar, distillocc_r50, occbev_pretrain, effocc_fusion_r18_flow,
+                                      bevdet_r50, occbev_det_r50, effocc_waymo_fusion_r18, effocc_waymo_lidar,
+                                      effocc_openoccupancy_r18, effocc_openoccupancy_r50)}
 
 
 def preset_names():
@@ -243,9 +335,28 @@ def finalize(cfg):
                                 ("data.benchmark", cfg.data.benchmark, BENCHMARKS)):
         if value not in choices:
             raise UsageError(f"{key} = {value!r} is not one of {choices}")
+    check_flow_settings(cfg)
     cfg.data.load_points = m.modality in ("fusion", "lidar")
-    cfg.data.load_depth = m.modality == "fusion" and m.use_lidar_depth
+    if m.depth_loss_weight < 0 or (m.depth_loss_weight > 0 and m.modality == "lidar"):
+        raise UsageError(f"model.depth_loss_weight = {m.depth_loss_weight} needs a camera branch and a value >= 0")
+    if m.camera_height_bins < 1:
+        raise UsageError(f"model.camera_height_bins must be >= 1, got {m.camera_height_bins}")
+    cfg.data.load_depth = (m.modality == "fusion" and m.use_lidar_depth) or m.depth_loss_weight > 0
     return cfg
+
+
+def check_flow_settings(cfg):
+    """OpenOcc (docs/training.md#occupancy-and-flow-openocc): its 17 classes, and a flow head only on it."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+    if d.benchmark == "openocc" and m.head == "occ" and m.num_classes != len(openocc.CLASS_NAMES):
+        raise UsageError(f"data.benchmark = 'openocc' has {len(openocc.CLASS_NAMES)} classes (free = "
+                         f"{openocc.FREE}); model.num_classes = {m.num_classes}")
+    if m.flow_head and d.benchmark != "openocc":
+        raise UsageError(f"model.flow_head needs flow ground truth: data.benchmark = 'openocc', not {d.benchmark!r}")
+    if t.flow_loss_voxels not in FLOW_LOSS_VOXELS:
+        raise UsageError(f"train.flow_loss_voxels = {t.flow_loss_voxels!r} is not one of {FLOW_LOSS_VOXELS}")
+    if t.flow_loss_weight < 0:
+        raise UsageError(f"train.flow_loss_weight must be >= 0, got {t.flow_loss_weight}")
 
 
 # ---------------------------------------------------------------------------- typed conversion

@@ -91,6 +91,21 @@ def scene_fraction(infos, fraction):
     return set(sample_scene_fraction(sorted({info["scene_token"] for info in infos}), fraction))
 
 
+def select_frames(dataset, every):
+    """Keep every `every`-th frame of each scene (the 1st, the (every+1)-th, ... in info order;
+    Occ3D-Waymo's 20 % setting is every = 5); every = 1 keeps all."""
+    if every < 1:
+        raise UsageError(f"--frames-every must be >= 1, got {every}")
+    position = {}
+    kept = []
+    for info in dataset.infos:
+        index = position.get(info["scene_token"], 0)
+        position[info["scene_token"]] = index + 1
+        if index % every == 0:
+            kept.append(info)
+    dataset.infos = kept
+
+
 def select_scenes(dataset, fraction):
     """Keep the samples of a seeded fraction of the dataset's scenes (its `infos` list is filtered)."""
     if fraction == 1.0:

@@ -171,6 +171,29 @@ def four_losses(logits, labels, mask, class_weights):
     }
 
 
+# ------------------------------------------------ Occ3D-Waymo OHEM cross-entropy (docs/training.md#occ3d-waymo)
+
+def ohem_cross_entropy(logits, labels, mask, class_weights, top_ratio=0.2, top_weight=4.0):
+    """The original's OHEM cross-entropy: per-voxel losses l_v = mask_v * w[label_v] * CE_v over
+    EVERY voxel of the batch (the mask is a per-voxel weight, so masked-out voxels count as 0), then
+
+        mean_v(l_v) + top_weight * mean(the int(top_ratio * V) largest l_v)
+
+    with V the number of voxels of the batch (at least one voxel in the top set). class_weights (C,)
+    (occ.waymo.CLASS_WEIGHTS for Occ3D-Waymo). 0 (with gradient) when the mask is empty."""
+    _check_grid(logits, labels, mask)
+    num_classes = logits.shape[-1]
+    if class_weights.shape != (num_classes,):
+        raise ValueError(f"class_weights must have shape ({num_classes},), got {tuple(class_weights.shape)}")
+    if not 0.0 < top_ratio <= 1.0:
+        raise ValueError(f"top_ratio must be in (0, 1], got {top_ratio}")
+    ce = F.cross_entropy(logits.float().reshape(-1, num_classes), labels.reshape(-1), reduction="none")
+    weight = mask.reshape(-1).float() * class_weights.to(ce.device, torch.float32)[labels.reshape(-1)]
+    losses = ce * weight  # (V,)
+    top = torch.topk(losses, max(1, int(top_ratio * losses.numel()))).values
+    return losses.mean() + top_weight * top.mean()
+
+
 # ------------------------------------------------------------------------- DistillOcc (docs/training.md#distillocc)
 
 def distill_masks(labels):
@@ -267,3 +290,64 @@ def occupancy_focal_loss(logits, occupied, alpha=0.25, gamma=2.0):
     alpha_t = alpha * target + (1 - alpha) * (1 - target)
     focal = alpha_t * (1 - p_t) ** gamma * ce
     return focal.sum() / max(occupied.numel(), 1)
+
+
+# ------------------------------------------- depth supervision of camera models (docs/training.md#depth-supervision)
+
+def depth_bin_count(depth_bins):
+    """D of `model.depth_bins` (start, stop, step): the frustum's depths are arange(start, stop, step)."""
+    return len(torch.arange(*depth_bins, dtype=torch.float32))
+
+
+def depth_targets(depth_maps, downsample, depth_bins):
+    """The depth bin each image-feature cell is supervised with.
+
+    depth_maps (B, N, H, W): LiDAR depth in metres per input pixel, 0 = no point. A feature cell
+    covers a downsample x downsample patch; its depth is the nearest (smallest) valid depth of the
+    patch and its bin the frustum depth closest to it, floor((d - start) / step + 1/2). Returns int64
+    (B, N, H / downsample, W / downsample), -1 where the patch has no depth or it falls outside the
+    bins' [start - step / 2, start + (D - 1/2) step).
+    """
+    B, N, H, W = depth_maps.shape
+    if H % downsample or W % downsample:
+        raise ValueError(f"depth maps of {H} x {W} pixels do not divide into {downsample} x {downsample} patches")
+    patches = depth_maps.float().view(B, N, H // downsample, downsample, W // downsample, downsample)
+    nearest = torch.where(patches > 0, patches, torch.full_like(patches, float("inf"))).amin(dim=(3, 5))
+    start, _, step = depth_bins
+    index = torch.floor((nearest - start) / step + 0.5)  # nearest bin, halves rounded up
+    valid = torch.isfinite(nearest) & (index >= 0) & (index < depth_bin_count(depth_bins))
+    return torch.where(valid, index, torch.full_like(index, -1)).long()
+
+
+def depth_loss(depth_probs, depth_maps, downsample, depth_bins):
+    """BEVDepth-style depth supervision: binary cross-entropy between the predicted depth
+    distribution and the one-hot bin of `depth_targets`, summed over the D bins and averaged over
+    the feature cells that have a target. Cells without LiDAR depth contribute nothing (zero
+    gradient); with no target at all the loss is 0.
+
+    depth_probs (B, N, D, H_f, W_f), the softmax output of the view transformer (OccNet's `depth`);
+    depth_maps (B, N, H, W) metres, 0 = none.
+    """
+    target = depth_targets(depth_maps, downsample, depth_bins)  # (B, N, H_f, W_f)
+    num_bins = depth_probs.shape[2]
+    if target.shape != depth_probs.shape[:2] + depth_probs.shape[3:] or num_bins != depth_bin_count(depth_bins):
+        raise ValueError(f"depth distribution {tuple(depth_probs.shape)} does not match the depth targets "
+                         f"{tuple(target.shape)} with {depth_bin_count(depth_bins)} bins")
+    valid = target >= 0
+    with torch.autocast(depth_probs.device.type, enabled=False):  # BCE is unsafe under autocast
+        probs = depth_probs.float().permute(0, 1, 3, 4, 2)[valid]  # (V, D)
+        one_hot = F.one_hot(target[valid], num_bins).float()
+        bce = F.binary_cross_entropy(probs, one_hot, reduction="sum")
+    return bce / valid.sum().clamp(min=1)
+
+
+def camera_depth_loss(outputs, batch, model_cfg):
+    """{"loss_depth": model.depth_loss_weight x depth_loss} for a camera model trained with depth
+    supervision, {} when the weight is 0 (the published presets). `outputs` of OccNet.forward;
+    batch["depth_maps"] holds the LiDAR depth of the (augmented) input images."""
+    if model_cfg.depth_loss_weight == 0:
+        return {}
+    if "depth_maps" not in batch:
+        raise KeyError("model.depth_loss_weight > 0 needs batch['depth_maps'] (LiDAR depth of the input images)")
+    loss = depth_loss(outputs["depth"], batch["depth_maps"], model_cfg.downsample, model_cfg.depth_bins)
+    return {"loss_depth": model_cfg.depth_loss_weight * loss}

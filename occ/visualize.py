@@ -8,7 +8,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from occ import occ3d
+from occ import occ3d, openocc
 
 HIDDEN_GREY = np.array([96, 96, 96], dtype=np.float64)  # blended into columns the cameras do not see
 BACKGROUND = 255
@@ -76,6 +76,76 @@ def gt_vs_pred_image(gt, pred, visible=None, free_label=occ3d.FREE, scale=2, gap
     pair = np.concatenate([left, spacer, right], axis=1)
     key = legend(width=pair.shape[1])
     return np.concatenate([pair, key], axis=0)
+
+
+# ------------------------------------------------------------------------- OpenOcc flow pictures
+MAX_DRAWN_SPEED = 10.0  # m/s: the top of the speed colour ramp
+SPEED_RAMP = np.array([[40, 40, 255], [0, 200, 0], [255, 220, 0], [255, 0, 0]], dtype=np.float64)  # 0 ... max
+
+
+def speed_colours(speed):
+    """(...) m/s -> (..., 3) float RGB on the blue-green-yellow-red ramp, clipped at MAX_DRAWN_SPEED."""
+    position = np.clip(np.asarray(speed, dtype=np.float64) / MAX_DRAWN_SPEED, 0, 1) * (len(SPEED_RAMP) - 1)
+    low = np.minimum(np.floor(position).astype(np.int64), len(SPEED_RAMP) - 2)
+    frac = (position - low)[..., None]
+    return SPEED_RAMP[low] * (1 - frac) + SPEED_RAMP[low + 1] * frac
+
+
+def bev_flow_map(semantics, flow, scale=2, arrow_every=6, min_arrow_speed=0.5):
+    """Bird's-eye picture of OpenOcc labels and flow, ego forward up: each column shows its top-most
+    non-free voxel, pale in its class colour for static classes, coloured by speed (`speed_colours`)
+    for the dynamic ones (car ... pedestrian), with a black arrow of 1 s of motion from every
+    `arrow_every`-th dynamic column moving faster than min_arrow_speed m/s.
+    semantics (X, Y, Z) OpenOcc labels, flow (X, Y, Z, 2) m/s. Returns uint8 (X * scale, Y * scale, 3)."""
+    semantics, flow = np.asarray(semantics), np.asarray(flow, dtype=np.float64)
+    if flow.shape != semantics.shape + (2,):
+        raise ValueError(f"flow of shape {flow.shape} does not match labels of shape {semantics.shape} (+ 2)")
+    occupied = semantics != openocc.FREE
+    top = semantics.shape[2] - 1 - np.argmax(occupied[:, :, ::-1], axis=2)  # (X, Y)
+    labels = np.where(occupied.any(2), np.take_along_axis(semantics, top[:, :, None], axis=2)[:, :, 0], openocc.FREE)
+    top_flow = np.take_along_axis(flow, top[:, :, None, None], axis=2)[:, :, 0]  # (X, Y, 2)
+    speed = np.linalg.norm(top_flow, axis=-1)
+    dynamic = np.isin(labels, openocc.DYNAMIC_CLASSES)
+    image = 0.4 * openocc.PALETTE[labels] + 0.6 * BACKGROUND  # pale class colours
+    image[dynamic] = speed_colours(speed[dynamic])
+    image = image[::-1, ::-1].round().astype(np.uint8)  # rows: +x up; columns: +y left
+    canvas = Image.fromarray(np.repeat(np.repeat(image, scale, axis=0), scale, axis=1))
+    draw = ImageDraw.Draw(canvas)
+    size_x, size_y = labels.shape
+    cells_per_metre = 1.0 / occ3d.VOXEL_SIZE
+    for x, y in zip(*np.nonzero(dynamic & (speed > min_arrow_speed))):
+        if x % arrow_every or y % arrow_every:
+            continue
+        row, col = (size_x - 1 - x + 0.5) * scale, (size_y - 1 - y + 0.5) * scale
+        end = (col - top_flow[x, y, 1] * cells_per_metre * scale, row - top_flow[x, y, 0] * cells_per_metre * scale)
+        draw.line([(col, row), end], fill=(0, 0, 0), width=1)
+        draw.ellipse([end[0] - 1, end[1] - 1, end[0] + 1, end[1] + 1], fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def speed_legend(width, height=14):
+    """A white strip with the speed ramp from 0 to MAX_DRAWN_SPEED m/s and its labels."""
+    ramp_width = width // 2
+    canvas = Image.new("RGB", (width, height + 2), (BACKGROUND,) * 3)
+    ramp = speed_colours(np.linspace(0, MAX_DRAWN_SPEED, ramp_width))[None].repeat(10, axis=0)
+    canvas.paste(Image.fromarray(ramp.round().astype(np.uint8)), (40, 2))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((2, 1), "speed", fill=(0, 0, 0))
+    draw.text((44 + ramp_width, 1), f"0 - {MAX_DRAWN_SPEED:g} m/s", fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def gt_vs_pred_flow_image(gt_semantics, gt_flow, pred_semantics, pred_flow, scale=2, gap=8):
+    """GT and predicted OpenOcc occupancy + flow (`bev_flow_map`) side by side, titles above, the
+    speed ramp and the class legend below. Returns uint8 (H, W, 3)."""
+    if np.shape(gt_semantics) != np.shape(pred_semantics):
+        raise ValueError(f"GT shape {np.shape(gt_semantics)} differs from prediction shape {np.shape(pred_semantics)}")
+    left = titled(bev_flow_map(gt_semantics, gt_flow, scale), "ground truth")
+    right = titled(bev_flow_map(pred_semantics, pred_flow, scale), "prediction")
+    spacer = np.full((left.shape[0], gap, 3), BACKGROUND, dtype=np.uint8)
+    pair = np.concatenate([left, spacer, right], axis=1)
+    key = legend(openocc.CLASS_NAMES[:openocc.FREE], openocc.PALETTE, width=pair.shape[1])
+    return np.concatenate([pair, speed_legend(pair.shape[1]), key], axis=0)
 
 
 def cube_sprite(scale):

@@ -5,7 +5,8 @@ import pytest
 from occ.config import (Config, apply_overrides, config_from_dict, config_to_dict, get_config, preset_names)
 
 PUBLISHED = ["effocc_fusion_r18", "effocc_fusion_r50", "effocc_fusion_swinb", "flashocc_r50", "effocc_lidar",
-             "distillocc_r50", "occbev_pretrain"]
+             "distillocc_r50", "occbev_pretrain", "bevdet_r50", "occbev_det_r50", "effocc_waymo_fusion_r18",
+             "effocc_waymo_lidar", "effocc_fusion_r18_flow", "effocc_openoccupancy_r18", "effocc_openoccupancy_r50"]
 
 
 def test_every_preset_and_its_tiny_version_exist():
@@ -45,8 +46,11 @@ def test_presets_hold_the_published_settings():
 def test_tiny_presets_keep_the_output_grid_and_classes(name):
     full, tiny = get_config(name), get_config(name + "_tiny")
     assert tiny.model.point_cloud_range == full.model.point_cloud_range
-    assert tiny.model.occ_voxel_size == full.model.occ_voxel_size == 0.4
-    assert tiny.model.num_classes == full.model.num_classes == 18
+    assert tiny.model.occ_voxel_size == full.model.occ_voxel_size == \
+        {"bevdet_r50": 0.8, "effocc_openoccupancy_r18": 0.2, "effocc_openoccupancy_r50": 0.2}.get(name, 0.4)
+    assert tiny.model.num_classes == full.model.num_classes == (10 if full.model.head == "detection" else
+                                                                {"waymo": 16, "openocc": 17, "openoccupancy": 17}
+                                                                .get(full.data.benchmark, 18))
     assert tiny.model.modality == full.model.modality
     assert tiny.data.image_size[0] * tiny.data.image_size[1] < full.data.image_size[0] * full.data.image_size[1]
     if full.distill.teacher:

@@ -21,8 +21,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-FULL_PRESETS = [name for name in preset_names() if not name.endswith("_tiny")]
-TINY_PRESETS = [name for name in preset_names() if name.endswith("_tiny")]
+# the detection presets (another grid, a detection head) are checked in tests/test_detection.py
+DETECTION_PRESETS = ("bevdet_r50", "occbev_det_r50", "bevdet_r50_tiny", "occbev_det_r50_tiny")
+# so are the OpenOccupancy presets (512 x 512 x 40 grid) in tests/test_openoccupancy.py
+DETECTION_PRESETS += tuple(name for name in preset_names() if name.startswith("effocc_openoccupancy"))
+FULL_PRESETS = [name for name in preset_names() if not name.endswith("_tiny") and name not in DETECTION_PRESETS]
+TINY_PRESETS = [name for name in preset_names() if name.endswith("_tiny") and name not in DETECTION_PRESETS]
 
 
 def count(module):
@@ -84,7 +88,7 @@ def test_full_preset_shapes(name):
     logits = model.head(bev)
     assert tuple(bev.shape[2:]) == (200, 200)
     if cfg.model.head == "occ":
-        assert tuple(logits.shape) == (1, 200, 200, 16, 18)
+        assert tuple(logits.shape) == (1, 200, 200, 16, cfg.model.num_classes)  # 18 (Occ3D), 16 (Waymo)
     else:
         assert tuple(logits.shape) == (1, 200, 200, 16, 2)
 
@@ -114,7 +118,7 @@ def test_tiny_preset_end_to_end_shapes_and_gradients_reach_every_parameter(name)
     assert tuple(out["bev_feat"].shape[2:]) == (200, 200)
     if cfg.model.head == "occ":
         logits = out["occ_logits"]
-        assert tuple(logits.shape) == (1, 200, 200, 16, 18)
+        assert tuple(logits.shape) == (1, 200, 200, 16, cfg.model.num_classes)  # 18 (Occ3D), 16 (Waymo)
     else:
         logits = out["geo_logits"]
         assert tuple(logits.shape) == (1, 200, 200, 16, 2)
@@ -122,7 +126,11 @@ def test_tiny_preset_end_to_end_shapes_and_gradients_reach_every_parameter(name)
     assert ("lidar_bev" in out) == (cfg.model.modality != "camera")
     # a loss that weights every output element differently, so no gradient cancels by symmetry
     weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))
-    (logits * weights).sum().backward()
+    loss = (logits * weights).sum()
+    if cfg.model.flow_head:  # OpenOcc: the flow branch too
+        assert tuple(out["flow"].shape) == (1, 200, 200, 16, 2)
+        loss = loss + (out["flow"] * torch.randn(out["flow"].shape, generator=torch.Generator().manual_seed(2))).sum()
+    loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert no_grad == []
 

@@ -60,7 +60,7 @@ def test_no_module_keeps_a_second_palette_or_class_list():
         for name, value in vars(module).items():
             if isinstance(value, np.ndarray) and value.ndim == 2 and value.shape[1] == 3 \
                     and value.shape[0] in (occ3d.FREE, occ3d.NUM_CLASSES) and value.dtype == np.uint8:
-                assert value is occ3d.PALETTE, f"{module.__name__}.{name} is a second palette"
+                assert value is occ3d.PALETTE or value is openocc.PALETTE, f"{module.__name__}.{name} is a second palette"
             if isinstance(value, (list, tuple)) and "other_flat" in value:
                 assert any(value is names for names in class_lists), f"{module.__name__}.{name} is a second class list"
 
@@ -80,6 +80,11 @@ def test_synthetic_world_uses_the_occ3d_class_list():
         assert class_name == expected, (category, class_name)
     for label, category in catalog.STUFF_CATEGORY.items():
         assert catalog.CATEGORY_TO_OCC3D[category] == label
+
+
+def test_the_openocc_palette_is_the_occ3d_one_in_the_openocc_order():
+    for index, name in enumerate(openocc.CLASS_NAMES):
+        assert np.array_equal(openocc.PALETTE[index], occ3d.PALETTE[occ3d.CLASS_NAMES.index(name)]), name
 
 
 def test_openocc_classes_follow_the_occ3d_names():

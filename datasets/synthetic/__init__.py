@@ -10,5 +10,6 @@ Modules, one job each:
   camera.py     the 6 camera images (shaded, textured)
   occupancy.py  Occ3D semantics and masks, OpenOcc flow, OpenOccupancy rows
   generate.py   per-key-frame tasks (process pool) and the nuScenes table writer
+  waymo.py      the same world through a Waymo-like rig, written in the Occ3D-Waymo layout
   preview.py    the preview picture (cameras with LiDAR, bird's-eye GT)
 """

@@ -15,9 +15,29 @@ class OccHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.Softplus(), nn.Linear(2 * hidden, num_z * num_classes))
         self.num_z, self.num_classes = num_z, num_classes
 
+    def feature(self, bev):
+        """The per-cell feature the classifier (and a FlowHead) reads: (B, X, Y, hidden)."""
+        return self.conv(bev).permute(0, 3, 2, 1)
+
+    def classify(self, feature):
+        return self.mlp(feature).view(*feature.shape[:3], self.num_z, self.num_classes)
+
     def forward(self, bev):
-        x = self.conv(bev).permute(0, 3, 2, 1)  # (B, X, Y, hidden)
-        return self.mlp(x).view(*x.shape[:3], self.num_z, self.num_classes)
+        return self.classify(self.feature(bev))
+
+
+class FlowHead(nn.Module):
+    """OpenOcc flow branch on the occupancy head's feature (`OccHead.feature`): per BEV cell
+    Linear(hidden -> 2*hidden), ReLU, Linear(2*hidden -> Z * 2). (B, X, Y, hidden) -> flow
+    (B, X, Y, Z, 2): vx, vy in m/s in the ego frame."""
+
+    def __init__(self, hidden, num_z):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.ReLU(inplace=True), nn.Linear(2 * hidden, num_z * 2))
+        self.num_z = num_z
+
+    def forward(self, feature):
+        return self.mlp(feature).view(*feature.shape[:3], self.num_z, 2)
 
 
 class GeometryDecoder(nn.Module):

@@ -4,9 +4,12 @@ from torch import nn
 
 from occ.errors import UsageError
 
+from occ.detection import CLASS_NAMES
+
 from .bev_encoder import ResNetBEVEncoder, SecondBEVEncoder
+from .det_head import CenterHead
 from .fuser import ConvFuser
-from .heads import GeometryDecoder, OccHead
+from .heads import FlowHead, GeometryDecoder, OccHead
 from .image_backbone import build_image_backbone, load_pretrained, stage_stride
 from .lidar import LidarBranch
 from .necks import build_image_neck
@@ -17,16 +20,19 @@ class OccNet(nn.Module):
     """EFFOcc fusion, FlashOcc camera-only, LiDAR-only and the Occ-BEV pre-training model.
 
     forward(batch) -> dict with
-      occ_logits (B, X, Y, Z, classes) for the occupancy head, or geo_logits (B, X, Y, Z, 2) for the
-      geometry decoder; bev_feat (B, C, Y, X), the BEV encoder output the head reads (distillation);
+      occ_logits (B, X, Y, Z, classes) for the occupancy head, det_preds ({name: (B, C, Y, X)},
+      occ.models.det_head.CenterHead) for the detection head, or geo_logits (B, X, Y, Z, 2) for the
+      geometry decoder; flow (B, X, Y, Z, 2) m/s with model.flow_head (OpenOcc);
+      bev_feat (B, C, Y, X), the BEV encoder output the head reads (distillation);
       cam_bev (B, C_cam, Y, X) and depth (B, N, D, H_f, W_f) with a camera branch;
       lidar_bev (B, C_lidar, Y, X) with a LiDAR branch.
     The camera-only model reads images and geometry only; the LiDAR-only model reads points only.
     """
 
     def __init__(self, bev_encoder, head, head_output, img_backbone=None, img_neck=None, view_transformer=None,
-                 lidar_branch=None, fuser=None):
+                 lidar_branch=None, fuser=None, flow_head=None):
         super().__init__()
+        self.flow_head = flow_head  # OpenOcc: flow (B, X, Y, Z, 2) from the occupancy head's feature
         self.img_backbone, self.img_neck, self.view_transformer = img_backbone, img_neck, view_transformer
         self.lidar_branch, self.fuser = lidar_branch, fuser
         self.bev_encoder, self.head = bev_encoder, head
@@ -55,7 +61,11 @@ class OccNet(nn.Module):
         else:
             bev = out["cam_bev"] if self.has_camera else out["lidar_bev"]
         out["bev_feat"] = self.bev_encoder(bev)
-        out[self.head_output] = self.head(out["bev_feat"])
+        if self.flow_head is None:
+            out[self.head_output] = self.head(out["bev_feat"])
+        else:
+            feature = self.head.feature(out["bev_feat"])  # (B, X, Y, hidden)
+            out[self.head_output], out["flow"] = self.head.classify(feature), self.flow_head(feature)
         return out
 
 
@@ -76,7 +86,8 @@ def build_camera_branch(cfg):
     neck = build_image_neck(m.img_neck, backbone.out_channels, m.img_neck_channels)
     view_transformer = LSSViewTransformer(neck.out_channels, m.context_channels, cfg.data.image_size, m.downsample,
                                           m.depth_bins, m.point_cloud_range, m.occ_voxel_size,
-                                          use_lidar_depth=m.modality == "fusion" and m.use_lidar_depth)
+                                          use_lidar_depth=m.modality == "fusion" and m.use_lidar_depth,
+                                          height_bins=m.camera_height_bins)
     return backbone, neck, view_transformer
 
 
@@ -102,6 +113,15 @@ def build_model(cfg):
                                        m.bev_neck_mid_channels, m.bev_neck_channels)
     if m.head == "occ":
         head, head_output = OccHead(bev_encoder.out_channels, m.head_hidden, Z, m.num_classes), "occ_logits"
+    elif m.head == "detection":
+        if m.num_classes != len(CLASS_NAMES):
+            raise UsageError(f"model.head = 'detection' predicts the {len(CLASS_NAMES)} nuScenes detection classes, "
+                             f"model.num_classes = {m.num_classes}")
+        head, head_output = CenterHead(bev_encoder.out_channels, m.head_hidden, m.num_classes), "det_preds"
     else:
         head, head_output = GeometryDecoder(bev_encoder.out_channels, m.head_hidden, Z), "geo_logits"
-    return OccNet(bev_encoder, head, head_output, img_backbone, img_neck, view_transformer, lidar_branch, fuser)
+    if m.flow_head and m.head != "occ":
+        raise UsageError(f"model.flow_head needs the occupancy head (model.head = 'occ'), not '{m.head}'")
+    flow_head = FlowHead(m.head_hidden, Z) if m.flow_head else None
+    return OccNet(bev_encoder, head, head_output, img_backbone, img_neck, view_transformer, lidar_branch, fuser,
+                  flow_head)

@@ -47,11 +47,13 @@ class LSSViewTransformer(nn.Module):
 
     image_size (H_in, W_in); frustum of (D, H_in/downsample, W_in/downsample) points at
     u = linspace(0, W_in-1, W_f), v = linspace(0, H_in-1, H_f), d = arange(*depth_bins).
-    BEV grid: x, y over pc_range with `bev_voxel` metres, one z bin over the whole height.
+    BEV grid: x, y over pc_range with `bev_voxel` metres; `height_bins` z bins over the whole height
+    (1 in the published models), stacked into channels: out_channels = context_channels x height_bins,
+    channel c * height_bins + z.
     """
 
     def __init__(self, in_channels, context_channels, image_size, downsample, depth_bins, pc_range, bev_voxel,
-                 use_lidar_depth):
+                 use_lidar_depth, height_bins=1):
         super().__init__()
         H_in, W_in = image_size
         if H_in % downsample or W_in % downsample:
@@ -69,11 +71,12 @@ class LSSViewTransformer(nn.Module):
         else:
             self.depth_net = nn.Conv2d(in_channels, self.num_depth + context_channels, 1)
         lower = torch.tensor(pc_range[:3], dtype=torch.float32)
-        size = torch.tensor([bev_voxel, bev_voxel, pc_range[5] - pc_range[2]], dtype=torch.float32)
+        size = torch.tensor([bev_voxel, bev_voxel, (pc_range[5] - pc_range[2]) / height_bins], dtype=torch.float32)
         self.register_buffer("grid_lower", lower, persistent=False)
         self.register_buffer("grid_size", size, persistent=False)
         self.bev_hw = (round((pc_range[4] - pc_range[1]) / bev_voxel), round((pc_range[3] - pc_range[0]) / bev_voxel))
-        self.out_channels = context_channels
+        self.height_bins = height_bins
+        self.out_channels = context_channels * height_bins
         self._rank_cache = None  # (geometry tensors, ranks) of the last eval-mode call
 
     def frustum_to_ego(self, cam2ego, intrinsics, post_rot, post_tran, bda):
@@ -105,7 +108,7 @@ class LSSViewTransformer(nn.Module):
         with torch.autocast(geometry[0].device.type, enabled=False):  # coordinates stay in float32
             points = self.frustum_to_ego(*(g.float() for g in geometry))
         coords = torch.floor((points - self.grid_lower) / self.grid_size).long()  # floor, not truncation
-        ranks = ops.bev_pool_prepare(coords, (points.shape[0], 1, *self.bev_hw))
+        ranks = ops.bev_pool_prepare(coords, (points.shape[0], self.height_bins, *self.bev_hw))
         self._rank_cache = None if self.training else (tuple(g.detach().clone() for g in geometry), ranks)
         return ranks
 
@@ -127,11 +130,11 @@ class LSSViewTransformer(nn.Module):
         return depth, context.permute(0, 1, 3, 4, 2).contiguous()
 
     def forward(self, img_feat, batch):
-        """img_feat (B*N, C, H_f, W_f) -> camera BEV (B, context, Y, X) and depth (B, N, D, H_f, W_f)."""
+        """img_feat (B*N, C, H_f, W_f) -> camera BEV (B, context x height_bins, Y, X) and depth (B, N, D, H_f, W_f)."""
         geometry = tuple(batch[k] for k in GEOMETRY_KEYS)
         B = geometry[0].shape[0]
         depth, context = self.lift(img_feat, batch.get("depth_maps"), B)
         ranks = self.bev_ranks(geometry)
         # pooled in float32 (also under fp16 autocast): sums of many points, and the kernels take float32
-        bev = ops.bev_pool_v2(depth.float(), context.float(), *ranks, (B, 1, *self.bev_hw))  # (B, C, 1, Y, X)
-        return bev.squeeze(2), depth
+        bev = ops.bev_pool_v2(depth.float(), context.float(), *ranks, (B, self.height_bins, *self.bev_hw))
+        return bev.flatten(1, 2), depth  # (B, C, Z, Y, X) -> (B, C * Z, Y, X)

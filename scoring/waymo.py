@@ -1,0 +1,119 @@
+"""Score Occ3D-Waymo predictions: mIoU = nanmean of the IoU of the 15 classes GENERALOBJECT ... WALKABLE
+(free excluded) over the voxels inside `infov AND final_voxel_state`, from one confusion matrix of
+the whole split; a per-class table with the Waymo names, and the geometry IoU (occupied vs free).
+
+    python evaluate.py --benchmark waymo --ckpt CKPT --data-root ROOT [--split val] [--no-ema]
+                       [--save-pred DIR] [--out m.json]
+    python evaluate.py --benchmark waymo --pred-dir DIR --data-root ROOT [--split train|val] [--out m.json]
+
+ROOT is an Occ3D-Waymo-layout root with the info files of datasets/prepare_waymo.py
+(occ_infos_<split>.pkl; --info for another file) and the ground truth
+voxel04/<training|validation>/<scene:03d>/<frame:03d>_04.npz. Predictions (--pred-dir, and what
+--save-pred writes): one <scene:03d>_<frame:03d>.npz per frame of the split holding `semantics`, a
+uint8 (200, 200, 16) array of classes 0..15 (free = 15; the key may be omitted when it is the file's
+only array). With --ckpt the model is rebuilt from the checkpoint's config (it must be an Occ3D-Waymo
+model, data.benchmark = "waymo") and run in test mode. --out writes the metrics as JSON (key `miou`).
+"""
+import os
+
+import cli
+
+import torch
+
+from datasets.build import dataset_from_config, info_path
+from datasets.nuscenes_occ import collate, load_infos
+from datasets.waymo_occ import load_waymo_gt
+from evaluate import label_grid, read_semantics, check_prediction_folder, write_metrics, save_prediction
+from occ import waymo
+from occ.errors import DataError, UsageError
+from occ.evaluation import build_model_from_checkpoint, predict, score_occupancy
+from occ.metrics import format_table
+
+SPLITS = ("train", "val")
+
+
+def parse_args(argv=None):
+    parser = cli.parser_for(__doc__)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="checkpoint of an Occ3D-Waymo model (train_fusion.py)")
+    source.add_argument("--pred-dir", help="folder of <scene:03d>_<frame:03d>.npz predictions")
+    parser.add_argument("--data-root", required=True, help="Occ3D-Waymo-layout root with its info files")
+    parser.add_argument("--split", choices=SPLITS, default="val")
+    parser.add_argument("--info", help="info file (default: DATA_ROOT/occ_infos_<split>.pkl)")
+    parser.add_argument("--out", help="write the metrics as JSON here")
+    parser.add_argument("--no-ema", action="store_true", help="--ckpt: use the raw weights, not the EMA ones")
+    parser.add_argument("--save-pred", help="--ckpt: write the predictions to this folder")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--num-workers", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.pred_dir and (args.no_ema or args.save_pred):
+        parser.error("--no-ema and --save-pred only apply to --ckpt")
+    if args.out and os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a folder; give the path of the JSON file to write")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    return args
+
+
+def load_prediction(path):
+    """A prediction file -> uint8 (200, 200, 16) of classes 0..15; FileNotFoundError / DataError
+    naming the file for a wrong key, shape, dtype or labels."""
+    return label_grid(path, read_semantics(path), waymo.GRID_SHAPE, waymo.FREE, f"Waymo classes, free = {waymo.FREE}")
+
+
+def folder_samples(pred_dir, infos, data_root):
+    for info in infos:
+        gt = load_waymo_gt(waymo.gt_path(data_root, info["split"], info["scene"], info["frame"]))
+        pred = load_prediction(os.path.join(pred_dir, f"{info['token']}.npz"))
+        yield {"sample_token": info["token"], "pred": pred, **gt}
+
+
+def model_samples(args, path):
+    torch.manual_seed(0)
+    model, cfg = build_model_from_checkpoint(args.ckpt, not args.no_ema, args.device)
+    if cfg.data.benchmark != "waymo":
+        raise UsageError(f"checkpoint {args.ckpt} is a {cfg.data.benchmark!r} model ({cfg.name}); "
+                         f"--benchmark waymo scores Occ3D-Waymo models (data.benchmark = 'waymo')")
+    print(f"model {cfg.name} from {args.ckpt} ({'raw' if args.no_ema else 'EMA'} weights) on {args.device}")
+    dataset = dataset_from_config(cfg, args.data_root, path, train=False, load_gt=True)
+    return predict(model, dataset, args.device, collate, args.batch_size, args.num_workers)
+
+
+def report(metrics):
+    names = waymo.CLASS_NAMES[:waymo.FREE]
+    table = format_table(names, {"IoU": [metrics["per_class"][n]["iou"] for n in names]}, {"IoU": metrics["miou"]})
+    return "\n".join([table, f"mIoU (infov AND final_voxel_state, {metrics['split']}): {100 * metrics['miou']:.2f}",
+                      f"geometry IoU: {100 * metrics['geometry_iou']:.2f}"])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    path = args.info or info_path(args.data_root, args.split)
+    infos = load_infos(path)
+    missing = [key for key in ("split", "scene", "frame") if key not in infos[0]]
+    if missing:
+        raise DataError(f"info file {path} lacks {missing}: not an Occ3D-Waymo info file "
+                        f"(datasets/prepare_waymo.py writes them)")
+    if args.pred_dir:
+        extra = check_prediction_folder(args.pred_dir, infos)
+        if extra:
+            print(f"note: {extra} prediction files in {args.pred_dir} are not frames of {path}; not scored")
+        samples = folder_samples(args.pred_dir, infos, args.data_root)
+    else:
+        samples = model_samples(args, path)
+
+    def on_sample(index, sample):
+        if args.save_pred:
+            save_prediction(args.save_pred, sample["sample_token"], sample["pred"])
+
+    metrics = score_occupancy(samples, "camera", None, total=len(infos), on_sample=on_sample,
+                              class_names=waymo.CLASS_NAMES)
+    metrics["mask"] = "infov AND final_voxel_state"
+    metrics.update(benchmark="waymo", split=args.split, info_file=path, source=args.pred_dir or args.ckpt)
+    print(report(metrics))
+    if args.save_pred:
+        print(f"predictions written to {args.save_pred}")
+    if args.out:
+        write_metrics(args.out, metrics)
+    return metrics
