@@ -149,14 +149,21 @@ def folder_samples(pred_dir, infos, data_root, gt_dir=occ3d.GT_DIR):
         yield {"sample_token": info["token"], "pred": pred, **gt}
 
 
-def model_samples(args, path):
-    """Scored-sample dicts of the checkpoint's model on the split (its GT read by the dataset)."""
+def checkpoint_model(args):
+    """(model, cfg) of --ckpt on --device, EMA weights unless --no-ema, seeded; says which on stdout.
+    Every benchmark's scorer loads its checkpoint through here, then checks cfg.data.benchmark."""
     torch.manual_seed(0)
     model, cfg = build_model_from_checkpoint(args.ckpt, not args.no_ema, args.device)
+    print(f"model {cfg.name} from {args.ckpt} ({'raw' if args.no_ema else 'EMA'} weights) on {args.device}")
+    return model, cfg
+
+
+def model_samples(args, path):
+    """Scored-sample dicts of the checkpoint's model on the split (its GT read by the dataset)."""
+    model, cfg = checkpoint_model(args)
     if cfg.data.benchmark != "occ3d":
         raise UsageError(f"checkpoint {args.ckpt} ({cfg.name}) was trained for data.benchmark = "
                          f"{cfg.data.benchmark!r}: score it with --benchmark {cfg.data.benchmark}")
-    print(f"model {cfg.name} from {args.ckpt} ({'raw' if args.no_ema else 'EMA'} weights) on {args.device}")
     dataset = dataset_from_config(cfg, args.data_root, path, train=False, load_gt=True)
     return predict(model, dataset, args.device, collate, args.batch_size, args.num_workers)
 

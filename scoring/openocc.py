@@ -27,11 +27,11 @@ import torch
 import cli
 from datasets.build import dataset_from_config, default_split, info_path
 from datasets.nuscenes_occ import collate, load_infos, load_occ_gt, read_npz
-from evaluate import check_prediction_folder, write_metrics
+from evaluate import check_prediction_folder, checkpoint_model, write_metrics
 from occ import occ3d, openocc
 from occ.checkpoint import CheckpointError
 from occ.errors import DataError, UsageError
-from occ.evaluation import build_model_from_checkpoint, predict
+from occ.evaluation import predict
 from occ.metrics import format_table, scene_lidar_origins
 from occ.openocc_evaluation import score_openocc
 from occ.visualize import gt_vs_pred_flow_image, save_png, voxel_render
@@ -126,13 +126,11 @@ def folder_samples(pred_dir, infos, data_root, gt_dir):
 def model_samples(args, path):
     """Scored OpenOcc samples of the checkpoint's model on the split; a checkpoint trained for
     another benchmark or without a flow head is refused."""
-    torch.manual_seed(0)
-    model, cfg = build_model_from_checkpoint(args.ckpt, not args.no_ema, args.device)
+    model, cfg = checkpoint_model(args)
     if cfg.data.benchmark != "openocc" or not cfg.model.flow_head:
         raise CheckpointError(f"checkpoint {args.ckpt} ({cfg.name}) was trained for data.benchmark = "
                               f"{cfg.data.benchmark!r}{'' if cfg.model.flow_head else ' without a flow head'}; "
                               f"--benchmark openocc scores OpenOcc models with a flow head (e.g. effocc_fusion_r18_flow)")
-    print(f"model {cfg.name} from {args.ckpt} ({'raw' if args.no_ema else 'EMA'} weights) on {args.device}")
     cfg.data.occ_gt_dir = args.gt_dir
     dataset = dataset_from_config(cfg, args.data_root, path, train=False, load_gt=True)
     return predict(model, dataset, args.device, collate, args.batch_size, args.num_workers)

@@ -24,10 +24,9 @@ import torch
 from datasets.build import dataset_from_config, default_split, info_path
 from datasets.nuscenes_occ import collate, load_infos
 from datasets.openoccupancy import NUM_CLASSES, gt_path, load_openoccupancy_gt
-from evaluate import label_grid, read_semantics, check_prediction_folder, write_metrics
+from evaluate import check_prediction_folder, checkpoint_model, label_grid, read_semantics, write_metrics
 from occ import openocc
 from occ.errors import UsageError
-from occ.evaluation import build_model_from_checkpoint
 from occ.metrics import format_table
 from occ.openoccupancy_evaluation import SEMANTIC_NAMES, predict_openoccupancy, score_openoccupancy
 
@@ -74,12 +73,10 @@ def folder_samples(pred_dir, infos, data_root):
 
 def model_samples(args, path):
     """Scored-sample dicts of the checkpoint's model on the split."""
-    torch.manual_seed(0)
-    model, cfg = build_model_from_checkpoint(args.ckpt, not args.no_ema, args.device)
+    model, cfg = checkpoint_model(args)
     if cfg.data.benchmark != "openoccupancy" or cfg.model.num_classes != NUM_CLASSES:
         raise UsageError(f"checkpoint {args.ckpt} is a {cfg.name} model (data.benchmark {cfg.data.benchmark!r}, "
                          f"{cfg.model.num_classes} classes), not an OpenOccupancy one")
-    print(f"model {cfg.name} from {args.ckpt} ({'raw' if args.no_ema else 'EMA'} weights) on {args.device}")
     dataset = dataset_from_config(cfg, args.data_root, path, train=False, load_gt=True)
     return predict_openoccupancy(model, dataset, args.device, collate, args.batch_size, args.num_workers)
 

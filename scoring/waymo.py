@@ -23,10 +23,11 @@ import torch
 from datasets.build import dataset_from_config, info_path
 from datasets.nuscenes_occ import collate, load_infos
 from datasets.waymo_occ import load_waymo_gt
-from evaluate import label_grid, read_semantics, check_prediction_folder, write_metrics, save_prediction
+from evaluate import (check_prediction_folder, checkpoint_model, label_grid, read_semantics, save_prediction,
+                      write_metrics)
 from occ import waymo
 from occ.errors import DataError, UsageError
-from occ.evaluation import build_model_from_checkpoint, predict, score_occupancy
+from occ.evaluation import predict, score_occupancy
 from occ.metrics import format_table
 
 SPLITS = ("train", "val")
@@ -70,12 +71,10 @@ def folder_samples(pred_dir, infos, data_root):
 
 
 def model_samples(args, path):
-    torch.manual_seed(0)
-    model, cfg = build_model_from_checkpoint(args.ckpt, not args.no_ema, args.device)
+    model, cfg = checkpoint_model(args)
     if cfg.data.benchmark != "waymo":
         raise UsageError(f"checkpoint {args.ckpt} is a {cfg.data.benchmark!r} model ({cfg.name}); "
                          f"--benchmark waymo scores Occ3D-Waymo models (data.benchmark = 'waymo')")
-    print(f"model {cfg.name} from {args.ckpt} ({'raw' if args.no_ema else 'EMA'} weights) on {args.device}")
     dataset = dataset_from_config(cfg, args.data_root, path, train=False, load_gt=True)
     return predict(model, dataset, args.device, collate, args.batch_size, args.num_workers)
 
