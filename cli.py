@@ -4,6 +4,8 @@ pretrain_occbev.py, evaluate.py); not part of the library `occ/`.
 - `add_training_args`: the options every training script has; `setup_options` / `fit_options`
   turn them into the keyword arguments of occ.loop.setup_run / fit; `budget_args` writes them.
 - `info_file`: the info file of a split (--info-dir, --train-split / --val-split).
+- `add_scoring_args` / `check_scoring_args`: the options every scorer (evaluate.py and
+  scoring/<benchmark>.py) shares, and their checks.
 - `run_main`: runs a script's main() and turns errors a user caused into one line on stderr;
   every other exception keeps its traceback.
 Importing it also silences third-party deprecation warnings that users cannot act on (spconv's).
@@ -17,6 +19,8 @@ import warnings
 # anything imports spconv.
 warnings.filterwarnings("ignore", category=FutureWarning, module="spconv")
 warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+
+import torch  # noqa: E402
 
 from datasets.build import default_split, info_path  # noqa: E402
 from occ.loop import NonFiniteLossError, TrainingInterrupted  # noqa: E402
@@ -101,6 +105,52 @@ def fit_options(args):
     """Keyword arguments of occ.loop.fit from the parsed training options."""
     return dict(max_steps=args.max_steps, max_minutes=args.max_minutes, ckpt_every=args.ckpt_every,
                 val_every=None if args.no_val else args.val_every)
+
+
+def add_scoring_args(parser, ckpt_help, predictions, predictions_help, data_root_help, splits=None):
+    """The options every scorer shares: what to score (--ckpt, or the scorer's option `predictions`,
+    e.g. "--pred-dir"), the data (--data-root, --split, --info), --out, and how a checkpoint runs
+    (--no-ema, --device, --batch-size, --num-workers). `splits`: the only splits allowed (default
+    val); None: any, default val or mini_val (datasets.build.default_split)."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help=ckpt_help)
+    source.add_argument(predictions, help=predictions_help)
+    parser.add_argument("--data-root", required=True, help=data_root_help)
+    if splits:
+        parser.add_argument("--split", choices=splits, default="val")
+    else:
+        parser.add_argument("--split", help="info file split (default: val, or mini_val when only it exists)")
+    parser.add_argument("--info", help="info file (default: DATA_ROOT/occ_infos_<split>.pkl)")
+    parser.add_argument("--out", help="write the metrics as JSON here")
+    parser.add_argument("--no-ema", action="store_true", help="--ckpt: use the raw weights, not the EMA ones")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--num-workers", type=int, default=0)
+    return parser
+
+
+def check_scoring_args(parser, args, ckpt_only=("no_ema",), files=("out",), folders=()):
+    """Refuse scorer options that cannot work, naming the option: an option of `ckpt_only` without
+    --ckpt, an existing folder where a file (`files`) is to be written, an existing file where a
+    folder (`folders`) is, --batch-size < 1."""
+    used = [option(name) for name in ckpt_only if getattr(args, name)]
+    if used and not args.ckpt:
+        parser.error(f"{', '.join(used)} only appl{'ies' if len(used) == 1 else 'y'} to --ckpt")
+    for name in files:
+        path = getattr(args, name)
+        if path and os.path.isdir(path):
+            raise UsageError(f"{option(name)} {path} is a folder; give the path of the file to write")
+    for name in folders:
+        path = getattr(args, name)
+        if path and os.path.exists(path) and not os.path.isdir(path):
+            raise UsageError(f"{option(name)} {path} is a file, not a folder")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+
+def option(name):
+    """The command-line spelling of an argparse destination: "save_pred" -> "--save-pred"."""
+    return "--" + name.replace("_", "-")
 
 
 def run_main(main):

@@ -58,34 +58,17 @@ def parse_args(argv=None):
     parser = cli.parser_for(__doc__)
     parser.add_argument("--benchmark", choices=BENCHMARKS, default=BENCHMARKS[0],
                         help="the benchmark to score (default occ3d; the others have their own options)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="checkpoint written by a training script")
-    source.add_argument("--pred-dir", help="folder of Occ3D-format <sample_token>.npz predictions")
-    parser.add_argument("--data-root", required=True, help="dataset root holding the info files and gts/")
-    parser.add_argument("--split", help="info file split (default: val, or mini_val when only it exists)")
-    parser.add_argument("--info", help="info file (default: DATA_ROOT/occ_infos_<split>.pkl)")
+    cli.add_scoring_args(parser, "checkpoint written by a training script", "--pred-dir",
+                         "folder of Occ3D-format <sample_token>.npz predictions",
+                         "dataset root holding the info files and gts/")
     parser.add_argument("--mask", choices=sorted(MASKS), default="camera",
                         help="voxels scored by mIoU: mask_camera (Occ3D), mask_lidar, or all")
     parser.add_argument("--no-rayiou", action="store_true", help="skip RayIoU (the slow part)")
-    parser.add_argument("--out", help="write the metrics as JSON here")
     parser.add_argument("--vis-dir", help="write PNG pictures of the first --vis-samples samples here")
     parser.add_argument("--vis-samples", type=int, default=4)
-    parser.add_argument("--no-ema", action="store_true", help="--ckpt: use the raw weights, not the EMA ones")
     parser.add_argument("--save-pred", help="--ckpt: write the predictions to this folder (submission format)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--num-workers", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.pred_dir and (args.no_ema or args.save_pred):
-        parser.error("--no-ema and --save-pred only apply to --ckpt")
-    if args.out and os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a folder; give the path of the JSON file to write")
-    for name in ("save_pred", "vis_dir"):
-        folder = getattr(args, name)
-        if folder and os.path.exists(folder) and not os.path.isdir(folder):
-            raise UsageError(f"--{name.replace('_', '-')} {folder} is a file, not a folder")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cli.check_scoring_args(parser, args, ckpt_only=("no_ema", "save_pred"), folders=("save_pred", "vis_dir"))
     return args
 
 
@@ -124,6 +107,17 @@ def load_prediction(path):
 def save_prediction(folder, token, pred):
     os.makedirs(folder, exist_ok=True)
     np.savez_compressed(os.path.join(folder, f"{token}.npz"), semantics=np.asarray(pred, dtype=np.uint8))
+
+
+def split_infos(args):
+    """(split, info file, its records) of a scorer's --split / --info (default split: val, or
+    mini_val when only that one exists); UsageError for an info file without samples."""
+    split = args.split or default_split(args.data_root, "val")
+    path = args.info or info_path(args.data_root, split)
+    infos = load_infos(path)
+    if not infos:
+        raise UsageError(f"info file {path} holds no samples")
+    return split, path, infos
 
 
 def check_prediction_folder(pred_dir, infos):
@@ -223,11 +217,7 @@ def main(argv=None):
     if benchmark != "occ3d":
         return importlib.import_module(f"scoring.{benchmark}").main(argv)
     args = parse_args(argv)
-    split = args.split or default_split(args.data_root, "val")
-    path = args.info or info_path(args.data_root, split)
-    infos = load_infos(path)
-    if not infos:
-        raise UsageError(f"info file {path} holds no samples")
+    split, path, infos = split_infos(args)
     if args.pred_dir:
         extra = check_prediction_folder(args.pred_dir, infos)
         if extra:

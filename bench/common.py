@@ -13,8 +13,11 @@ import json
 import os
 import sys
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import evaluate  # noqa: E402
 from datasets import make_synthetic, prepare_nuscenes  # noqa: E402  (scripts: main(argv) only)
 
 SYNTHETIC_VERSION = "v1.0-mini"
@@ -43,6 +46,18 @@ def default_split(data_root, kind):
             return split
     raise FileNotFoundError(f"no {kind} info file in {data_root}; run datasets/prepare_nuscenes.py "
                             f"--root {data_root} --version ...")
+
+
+def score_constant(data_root, tokens, label, grid_shape, pred_dir, benchmark="occ3d"):
+    """evaluate.py --benchmark BENCHMARK's metrics of predicting `label` everywhere (a trivial
+    predictor): one <token>.npz holding `semantics` (uint8, grid_shape) per token in pred_dir,
+    scored with --pred-dir; the metrics also go to pred_dir/metrics.json."""
+    os.makedirs(pred_dir, exist_ok=True)
+    grid = np.full(grid_shape, label, dtype=np.uint8)
+    for token in tokens:
+        np.savez_compressed(os.path.join(pred_dir, f"{token}.npz"), semantics=grid)
+    return evaluate.main(["--benchmark", benchmark, "--pred-dir", pred_dir, "--data-root", data_root,
+                          "--out", os.path.join(pred_dir, "metrics.json")])
 
 
 def read_table(data_root, version, name):

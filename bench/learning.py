@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import evaluate  # noqa: E402
 import train_fusion  # noqa: E402
-from bench.common import default_split, ensure_synthetic_world, split_samples  # noqa: E402
+from bench.common import default_split, ensure_synthetic_world, score_constant, split_samples  # noqa: E402
 from cli import budget_args  # noqa: E402
 from occ import occ3d  # noqa: E402
 from occ.checkpoint import latest_checkpoint  # noqa: E402
@@ -44,17 +44,6 @@ def majority_class(data_root, samples):
             semantics, mask = gt["semantics"], gt["mask_camera"].astype(bool)
         counts += np.bincount(semantics[mask].astype(np.int64), minlength=occ3d.NUM_CLASSES)
     return int(np.argmax(counts[:occ3d.FREE]))
-
-
-def score_constant(data_root, samples, label, pred_dir):
-    """evaluate.py's metrics of predicting `label` everywhere: one <sample_token>.npz (`semantics`,
-    uint8, the Occ3D submission format) per sample in pred_dir, scored with --pred-dir."""
-    os.makedirs(pred_dir, exist_ok=True)
-    grid = np.full(occ3d.GRID_SHAPE, label, dtype=np.uint8)
-    for sample in samples:
-        np.savez_compressed(os.path.join(pred_dir, f"{sample['token']}.npz"), semantics=grid)
-    return evaluate.main(["--pred-dir", pred_dir, "--data-root", data_root,
-                          "--out", os.path.join(pred_dir, "metrics.json")])
 
 
 def main():
@@ -76,10 +65,11 @@ def main():
     train_samples = split_samples(args.data_root, default_split(args.data_root, "train"))
     majority = majority_class(args.data_root, train_samples)
     results = {
-        "all free": score_constant(args.data_root, val_samples, occ3d.FREE,
-                                   os.path.join(args.work_dir, "floor_all_free")),
+        "all free": score_constant(args.data_root, [s["token"] for s in val_samples], occ3d.FREE,
+                                   occ3d.GRID_SHAPE, os.path.join(args.work_dir, "floor_all_free")),
         f"majority ({occ3d.CLASS_NAMES[majority]})": score_constant(
-            args.data_root, val_samples, majority, os.path.join(args.work_dir, "floor_majority")),
+            args.data_root, [s["token"] for s in val_samples], majority, occ3d.GRID_SHAPE,
+            os.path.join(args.work_dir, "floor_majority")),
     }
     steps, minutes = {}, {}
     for modality, preset in MODELS:

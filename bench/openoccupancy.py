@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import evaluate  # noqa: E402
 import train_fusion  # noqa: E402
-from bench.common import default_split, ensure_synthetic_world, read_table, split_samples  # noqa: E402
+from bench.common import default_split, ensure_synthetic_world, read_table, score_constant, split_samples  # noqa: E402
 from bench.common import SPLIT_VERSIONS  # noqa: E402
 from cli import budget_args  # noqa: E402
 from occ import openocc  # noqa: E402
@@ -54,16 +54,6 @@ def majority_class(data_root, samples, lidar):
         rows = np.load(gt_file(data_root, sample["scene_token"], lidar[sample["token"]]))
         counts += np.bincount(rows[:, 3].astype(np.int64), minlength=len(counts))
     return 1 + int(np.argmax(counts[1:]))
-
-
-def score_constant(data_root, samples, label, pred_dir):
-    """The metrics of predicting `label` everywhere, scored by evaluate.py --benchmark openoccupancy --pred-dir."""
-    os.makedirs(pred_dir, exist_ok=True)
-    grid = np.full(openocc.OPENOCCUPANCY_GRID_SHAPE, label, dtype=np.uint8)
-    for sample in samples:
-        np.savez_compressed(os.path.join(pred_dir, f"{sample['token']}.npz"), semantics=grid)
-    return evaluate.main(["--benchmark", "openoccupancy", "--pred-dir", pred_dir, "--data-root", data_root,
-                          "--out", os.path.join(pred_dir, "metrics.json")])
 
 
 def main():
@@ -97,9 +87,10 @@ def main():
     val_samples = split_samples(args.data_root, val_split)
     majority = majority_class(args.data_root, split_samples(args.data_root, train_split),
                               lidar_tokens(args.data_root, train_split))
-    results["empty"] = score_constant(args.data_root, val_samples, 0, os.path.join(args.work_dir, "floor_all_empty"))
-    results["majority"] = score_constant(args.data_root, val_samples, majority,
-                                         os.path.join(args.work_dir, "floor_majority"))
+    val_tokens = [sample["token"] for sample in val_samples]
+    for name, label in (("empty", 0), ("majority", majority)):
+        results[name] = score_constant(args.data_root, val_tokens, label, openocc.OPENOCCUPANCY_GRID_SHAPE,
+                                       os.path.join(args.work_dir, f"floor_{name}"), "openoccupancy")
 
     print(f"\nper-class IoU, {val_split} ({len(val_samples)} samples); majority class = {NAMES[majority - 1]}")
     print(format_table(NAMES, {k: [m["per_class"][n] for n in NAMES] for k, m in results.items()},

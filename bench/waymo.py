@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import evaluate  # noqa: E402
 import train_fusion  # noqa: E402
+from bench.common import score_constant  # noqa: E402
 from cli import budget_args  # noqa: E402
 from datasets import make_synthetic, prepare_waymo  # noqa: E402  (scripts: main(argv) only)
 from occ import waymo  # noqa: E402
@@ -63,16 +64,6 @@ def majority_class(paths):
     return int(np.argmax(counts[:waymo.FREE]))
 
 
-def score_constant(data_root, tokens, label, pred_dir):
-    """evaluate.py --benchmark waymo's metrics of predicting `label` everywhere on the val split."""
-    os.makedirs(pred_dir, exist_ok=True)
-    grid = np.full(waymo.GRID_SHAPE, label, dtype=np.uint8)
-    for token in tokens:
-        np.savez_compressed(os.path.join(pred_dir, f"{token}.npz"), semantics=grid)
-    return evaluate.main(["--benchmark", "waymo", "--pred-dir", pred_dir, "--data-root", data_root,
-                          "--out", os.path.join(pred_dir, "metrics.json")])
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="data/synthetic_waymo")
@@ -88,10 +79,11 @@ def main():
     majority = majority_class(gt_files(args.data_root, "train").values())
     val_tokens = list(gt_files(args.data_root, "val"))
     results = {
-        "free (everywhere)": score_constant(args.data_root, val_tokens, waymo.FREE,
-                                   os.path.join(args.work_dir, "floor_all_free")),
+        "free (everywhere)": score_constant(args.data_root, val_tokens, waymo.FREE, waymo.GRID_SHAPE,
+                                            os.path.join(args.work_dir, "floor_all_free"), "waymo"),
         f"majority ({waymo.CLASS_NAMES[majority]})": score_constant(
-            args.data_root, val_tokens, majority, os.path.join(args.work_dir, "floor_majority")),
+            args.data_root, val_tokens, majority, waymo.GRID_SHAPE, os.path.join(args.work_dir, "floor_majority"),
+            "waymo"),
     }
     steps, minutes = {}, {}
     for modality, preset in MODELS:

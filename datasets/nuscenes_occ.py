@@ -342,14 +342,7 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
         if self.load_images or self.load_depth:
             sample.update(self.load_cameras(info, points, rng))
 
-        flip_x = flip_y = False
-        if self.train and self.bev_flip:
-            flip_x, flip_y = bool(rng.uniform() < 0.5), bool(rng.uniform() < 0.5)
-        bda = bda_matrix(flip_x, flip_y)
-        sample["bda"] = torch.from_numpy(bda.astype(np.float32))
-        if self.load_points:
-            points[:, :3] = transforms.transform_xyz(points, bda)
-            sample["points"] = torch.from_numpy(points)
+        flip_x, flip_y = self.bev_augment(sample, points, rng)
         if self.load_gt and self.lidar_frame:
             semantics = openoccupancy.load_openoccupancy_gt(self.gt_path(info))
             sample["semantics"] = torch.from_numpy(transforms.flip_grid(semantics, flip_x, flip_y).astype(np.int64))
@@ -364,9 +357,23 @@ class NuScenesOccDataset(torch.utils.data.Dataset):
                 sample[key] = torch.from_numpy(flipped)
         if self.load_boxes:
             boxes, labels = boxes_from_info(info["boxes"])
-            sample["gt_boxes"] = torch.from_numpy(transforms.transform_boxes(boxes, bda))
+            sample["gt_boxes"] = torch.from_numpy(transforms.transform_boxes(boxes, bda_matrix(flip_x, flip_y)))
             sample["gt_labels"] = torch.from_numpy(labels)
         return sample
+
+    def bev_augment(self, sample, points, rng):
+        """Draws the BEV flips of a training sample (none otherwise), puts their matrix in
+        sample["bda"] and, when points are loaded, the flipped points in sample["points"];
+        returns (flip_x, flip_y) for the ground truth."""
+        flip_x = flip_y = False
+        if self.train and self.bev_flip:
+            flip_x, flip_y = bool(rng.uniform() < 0.5), bool(rng.uniform() < 0.5)
+        bda = bda_matrix(flip_x, flip_y)
+        sample["bda"] = torch.from_numpy(bda.astype(np.float32))
+        if self.load_points:
+            points[:, :3] = transforms.transform_xyz(points, bda)
+            sample["points"] = torch.from_numpy(points)
+        return flip_x, flip_y
 
     def load_cameras(self, info, points_ego, rng):
         """Per-camera geometry, augmented images and depth maps of one key frame."""

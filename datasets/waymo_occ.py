@@ -23,7 +23,6 @@ from datasets import transforms
 from datasets.nuscenes_occ import NuScenesOccDataset, check_mask, read_npz
 from occ import waymo
 from occ.errors import DataError, UsageError
-from occ.geometry import bda_matrix
 
 GT_KEYS = ("voxel_label", "origin_voxel_state", "final_voxel_state", "infov")
 
@@ -95,14 +94,7 @@ class WaymoOccDataset(NuScenesOccDataset):
                 raise UsageError(f"frame {info['token']} ({info['scene_name']}) has {len(info['cams'])} cameras, "
                                  f"expected {waymo.NUM_CAMERAS} ({', '.join(waymo.CAMERA_NAMES)})")
             sample.update(self.load_cameras(info, points, rng))
-        flip_x = flip_y = False
-        if self.train and self.bev_flip:
-            flip_x, flip_y = bool(rng.uniform() < 0.5), bool(rng.uniform() < 0.5)
-        bda = bda_matrix(flip_x, flip_y)
-        sample["bda"] = torch.from_numpy(bda.astype(np.float32))
-        if self.load_points:
-            points[:, :3] = transforms.transform_xyz(points, bda)
-            sample["points"] = torch.from_numpy(points)
+        flip_x, flip_y = self.bev_augment(sample, points, rng)
         if self.load_gt:
             for key, grid in load_waymo_gt(self.gt_path(info)).items():
                 sample[key] = torch.from_numpy(transforms.flip_grid(grid, flip_x, flip_y))

@@ -25,6 +25,7 @@ BACKBONES = ("resnet18", "resnet50", "swin_t", "swin_b")
 IMG_NECKS = ("custom_fpn", "fpn_lss")
 BEV_ENCODERS = ("second", "resnet")
 HEADS = ("occ", "geometry", "detection")
+BEV_POOLINGS = ("sum", "mean")  # of the camera frustum points in a BEV cell
 LOSSES = ("ce", "four", "focal", "centerpoint", "ohem")
 LR_SCHEDULES = ("step", "cosine")
 COLOR_ORDERS = ("rgb", "bgr")
@@ -65,6 +66,7 @@ class ModelConfig:
     use_lidar_depth: bool = True  # LiDAR depth maps as an input of the depth net (fusion)
     depth_loss_weight: float = 0.0  # > 0: BEVDepth-style depth supervision from LiDAR (camera branch)
     camera_height_bins: int = 1  # z bins of the camera BEV, stacked into channels (published: 1)
+    camera_bev_pooling: str = "sum"  # "sum" of a cell's frustum points (published) or their "mean"
     # LiDAR branch
     voxel_size: Tuple[float, float, float] = (0.05, 0.05, 0.16)
     max_points_per_voxel: int = 10
@@ -341,6 +343,8 @@ def finalize(cfg):
         raise UsageError(f"model.depth_loss_weight = {m.depth_loss_weight} needs a camera branch and a value >= 0")
     if m.camera_height_bins < 1:
         raise UsageError(f"model.camera_height_bins must be >= 1, got {m.camera_height_bins}")
+    if m.camera_bev_pooling not in BEV_POOLINGS:
+        raise UsageError(f"model.camera_bev_pooling must be one of {BEV_POOLINGS}, got {m.camera_bev_pooling!r}")
     cfg.data.load_depth = (m.modality == "fusion" and m.use_lidar_depth) or m.depth_loss_weight > 0
     return cfg
 

@@ -24,7 +24,7 @@ import warnings
 import torch
 from torch import nn
 
-from occ.models.view_transform import GEOMETRY_KEYS
+from occ.models.view_transform import GEOMETRY_KEYS, mean_over_points
 from occ.ops.bev_pool import bev_pool_v2_reference
 
 RANK_NAMES = ("ranks_depth", "ranks_feat", "ranks_bev")
@@ -56,10 +56,13 @@ class ExportableOccNet(nn.Module):
         B = images.shape[0]
         img_feat = m.img_neck(m.img_backbone(images.flatten(0, 1)))  # (B*N, C, H_f, W_f)
         depth, context = m.view_transformer.lift(img_feat, depth_maps, B)  # (B, N, D, H_f, W_f), (B, N, H_f, W_f, C)
-        bev_shape = (B, 1, *m.view_transformer.bev_hw)
+        vt = m.view_transformer
+        bev_shape = (B, vt.height_bins, *vt.bev_hw)
         # no intervals: the scatter-add sums every point of a cell without them
-        cam_bev = bev_pool_v2_reference(depth, context, ranks_depth, ranks_feat, ranks_bev, None, None,
-                                        bev_shape).squeeze(2)  # (B, C, Y, X)
+        cam_bev = bev_pool_v2_reference(depth, context, ranks_depth, ranks_feat, ranks_bev, None, None, bev_shape)
+        if vt.pooling == "mean":
+            cam_bev = mean_over_points(cam_bev, ranks_bev, bev_shape)
+        cam_bev = cam_bev.flatten(1, 2)  # (B, C, Z, Y, X) -> (B, C * Z, Y, X)
         bev = m.fuser(cam_bev, lidar_bev) if m.has_lidar else cam_bev
         return m.head(m.bev_encoder(bev))  # (B, X, Y, Z, classes)
 

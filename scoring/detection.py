@@ -51,28 +51,12 @@ RESULT_META = {"use_camera": True, "use_lidar": False, "use_radar": False, "use_
 
 def parse_args(argv=None):
     parser = cli.parser_for(__doc__)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="checkpoint of a detection model (train_fusion.py, model.head 'detection')")
-    source.add_argument("--pred-json", help="a nuScenes detection result file to score")
-    parser.add_argument("--data-root", required=True, help="nuScenes root: the tables, and with --ckpt the sensor "
-                                                           "files and info files")
-    parser.add_argument("--split", help="split to score (default: val, or mini_val when only it exists)")
-    parser.add_argument("--info", help="--ckpt: info file (default: DATA_ROOT/occ_infos_<split>.pkl)")
+    cli.add_scoring_args(parser, "checkpoint of a detection model (train_fusion.py, model.head 'detection')",
+                         "--pred-json", "a nuScenes detection result file to score",
+                         "nuScenes root: the tables, and with --ckpt the sensor files and info files")
     parser.add_argument("--save-json", help="--ckpt: also write the predictions as a nuScenes result file here")
-    parser.add_argument("--out", help="write the metrics as JSON here")
-    parser.add_argument("--no-ema", action="store_true", help="--ckpt: use the raw weights, not the EMA ones")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--num-workers", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.pred_json and (args.no_ema or args.save_json or args.info):
-        parser.error("--no-ema, --save-json and --info only apply to --ckpt")
-    for name in ("out", "save_json"):
-        path = getattr(args, name)
-        if path and os.path.isdir(path):
-            raise UsageError(f"--{name.replace('_', '-')} {path} is a folder; give the path of the JSON file to write")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cli.check_scoring_args(parser, args, ckpt_only=("no_ema", "save_json", "info"), files=("out", "save_json"))
     return args
 
 

@@ -21,16 +21,16 @@ null) with the keys rayiou, rayiou@1, rayiou@2, rayiou@4, mave, occ_score, per_c
 """
 import os
 
-import numpy as np
-import torch
+import cli  # noqa: F401  (first: quiets third-party warnings before they are imported)
 
-import cli
-from datasets.build import dataset_from_config, default_split, info_path
-from datasets.nuscenes_occ import collate, load_infos, load_occ_gt, read_npz
-from evaluate import check_prediction_folder, checkpoint_model, write_metrics
+import numpy as np
+
+from datasets.build import dataset_from_config
+from datasets.nuscenes_occ import collate, load_occ_gt, read_npz
+from evaluate import check_prediction_folder, checkpoint_model, split_infos, write_metrics
 from occ import occ3d, openocc
 from occ.checkpoint import CheckpointError
-from occ.errors import DataError, UsageError
+from occ.errors import DataError
 from occ.evaluation import predict
 from occ.metrics import format_table, scene_lidar_origins
 from occ.openocc_evaluation import score_openocc
@@ -41,32 +41,15 @@ FLOW_SHAPE = occ3d.GRID_SHAPE + (2,)
 
 def parse_args(argv=None):
     parser = cli.parser_for(__doc__)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="checkpoint of a model trained on OpenOcc (flow head)")
-    source.add_argument("--pred-dir", help="folder of <sample_token>.npz predictions (semantics + flow)")
-    parser.add_argument("--data-root", required=True, help="dataset root holding the info files and openocc_v2/")
-    parser.add_argument("--split", help="info file split (default: val, or mini_val when only it exists)")
-    parser.add_argument("--info", help="info file (default: DATA_ROOT/occ_infos_<split>.pkl)")
+    cli.add_scoring_args(parser, "checkpoint of a model trained on OpenOcc (flow head)", "--pred-dir",
+                         "folder of <sample_token>.npz predictions (semantics + flow)",
+                         "dataset root holding the info files and openocc_v2/")
     parser.add_argument("--gt-dir", default=openocc.GT_DIR, help="OpenOcc v2 GT folder inside the data root")
-    parser.add_argument("--out", help="write the metrics as JSON here")
     parser.add_argument("--vis-dir", help="write PNG pictures of the first --vis-samples samples here")
     parser.add_argument("--vis-samples", type=int, default=4)
-    parser.add_argument("--no-ema", action="store_true", help="--ckpt: use the raw weights, not the EMA ones")
     parser.add_argument("--save-pred", help="--ckpt: write the predictions to this folder")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--num-workers", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.pred_dir and (args.no_ema or args.save_pred):
-        parser.error("--no-ema and --save-pred only apply to --ckpt")
-    if args.out and os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a folder; give the path of the JSON file to write")
-    for name in ("save_pred", "vis_dir"):
-        folder = getattr(args, name)
-        if folder and os.path.exists(folder) and not os.path.isdir(folder):
-            raise UsageError(f"--{name.replace('_', '-')} {folder} is a file, not a folder")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cli.check_scoring_args(parser, args, ckpt_only=("no_ema", "save_pred"), folders=("save_pred", "vis_dir"))
     return args
 
 
@@ -166,9 +149,7 @@ def report(metrics):
 
 def main(argv=None):
     args = parse_args(argv)
-    split = args.split or default_split(args.data_root, "val")
-    path = args.info or info_path(args.data_root, split)
-    infos = load_infos(path)
+    split, path, infos = split_infos(args)
     if args.pred_dir:
         extra = check_prediction_folder(args.pred_dir, infos)
         if extra:

@@ -17,14 +17,12 @@ sc_iou, ssc_miou, per_class, ...).
 """
 import os
 
-import cli  # noqa: F401  (first: quiets third-party warnings before they are imported)
-
-import torch
-
-from datasets.build import dataset_from_config, default_split, info_path
-from datasets.nuscenes_occ import collate, load_infos
+import cli
+from datasets.build import dataset_from_config
+from datasets.nuscenes_occ import collate
 from datasets.openoccupancy import NUM_CLASSES, gt_path, load_openoccupancy_gt
-from evaluate import check_prediction_folder, checkpoint_model, label_grid, read_semantics, write_metrics
+from evaluate import (check_prediction_folder, checkpoint_model, label_grid, read_semantics, split_infos,
+                      write_metrics)
 from occ import openocc
 from occ.errors import UsageError
 from occ.metrics import format_table
@@ -33,25 +31,11 @@ from occ.openoccupancy_evaluation import SEMANTIC_NAMES, predict_openoccupancy, 
 
 def parse_args(argv=None):
     parser = cli.parser_for(__doc__)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="checkpoint of an OpenOccupancy model (train_fusion.py)")
-    source.add_argument("--pred-dir", help="folder of <sample_token>.npz predictions (512 x 512 x 40 `semantics`)")
-    parser.add_argument("--data-root", required=True,
-                        help="dataset root holding the info files and nuScenes-Occupancy/")
-    parser.add_argument("--split", help="info file split (default: val, or mini_val when only it exists)")
-    parser.add_argument("--info", help="info file (default: DATA_ROOT/occ_infos_<split>.pkl)")
-    parser.add_argument("--out", help="write the metrics as JSON here")
-    parser.add_argument("--no-ema", action="store_true", help="--ckpt: use the raw weights, not the EMA ones")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--num-workers", type=int, default=0)
+    cli.add_scoring_args(parser, "checkpoint of an OpenOccupancy model (train_fusion.py)", "--pred-dir",
+                         "folder of <sample_token>.npz predictions (512 x 512 x 40 `semantics`)",
+                         "dataset root holding the info files and nuScenes-Occupancy/")
     args = parser.parse_args(argv)
-    if args.pred_dir and args.no_ema:
-        parser.error("--no-ema only applies to --ckpt")
-    if args.out and os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a folder; give the path of the JSON file to write")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cli.check_scoring_args(parser, args)
     return args
 
 
@@ -91,9 +75,7 @@ def report(metrics):
 
 def main(argv=None):
     args = parse_args(argv)
-    split = args.split or default_split(args.data_root, "val")
-    path = args.info or info_path(args.data_root, split)
-    infos = load_infos(path)
+    split, path, infos = split_infos(args)
     if args.pred_dir:
         extra = check_prediction_folder(args.pred_dir, infos)
         if extra:

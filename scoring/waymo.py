@@ -17,9 +17,6 @@ model, data.benchmark = "waymo") and run in test mode. --out writes the metrics 
 import os
 
 import cli
-
-import torch
-
 from datasets.build import dataset_from_config, info_path
 from datasets.nuscenes_occ import collate, load_infos
 from datasets.waymo_occ import load_waymo_gt
@@ -35,25 +32,12 @@ SPLITS = ("train", "val")
 
 def parse_args(argv=None):
     parser = cli.parser_for(__doc__)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="checkpoint of an Occ3D-Waymo model (train_fusion.py)")
-    source.add_argument("--pred-dir", help="folder of <scene:03d>_<frame:03d>.npz predictions")
-    parser.add_argument("--data-root", required=True, help="Occ3D-Waymo-layout root with its info files")
-    parser.add_argument("--split", choices=SPLITS, default="val")
-    parser.add_argument("--info", help="info file (default: DATA_ROOT/occ_infos_<split>.pkl)")
-    parser.add_argument("--out", help="write the metrics as JSON here")
-    parser.add_argument("--no-ema", action="store_true", help="--ckpt: use the raw weights, not the EMA ones")
+    cli.add_scoring_args(parser, "checkpoint of an Occ3D-Waymo model (train_fusion.py)", "--pred-dir",
+                         "folder of <scene:03d>_<frame:03d>.npz predictions",
+                         "Occ3D-Waymo-layout root with its info files", splits=SPLITS)
     parser.add_argument("--save-pred", help="--ckpt: write the predictions to this folder")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--num-workers", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.pred_dir and (args.no_ema or args.save_pred):
-        parser.error("--no-ema and --save-pred only apply to --ckpt")
-    if args.out and os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a folder; give the path of the JSON file to write")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cli.check_scoring_args(parser, args, ckpt_only=("no_ema", "save_pred"), folders=("save_pred",))
     return args
 
 

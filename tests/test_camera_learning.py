@@ -153,3 +153,42 @@ def test_height_bins_split_the_camera_bev_by_height_without_losing_a_point():
     assert torch.allclose(split.sum(dim=2), outputs[1], rtol=1e-4, atol=1e-3)
     per_height = split.abs().sum(dim=(0, 1, 3, 4))
     assert (per_height > 0).sum() >= 2   # the frustum reaches more than one height slab
+
+
+def test_mean_pooling_divides_each_cell_by_its_number_of_frustum_points():
+    outputs = {}
+    for pooling in ("sum", "mean"):
+        cfg = camera_r18("model.camera_height_bins=4", f"model.camera_bev_pooling={pooling}")
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        batch = example_batch(cfg)
+        with torch.no_grad():
+            img_feat = model.img_neck(model.img_backbone(batch["images"].flatten(0, 1)))
+            outputs[pooling] = model.view_transformer(img_feat, batch)[0].view(1, 16, 4, 200, 200)
+    # counts from the frustum coordinates themselves, independently of the pooling's ranks
+    vt = model.view_transformer
+    points = vt.frustum_to_ego(*(batch[key] for key in ("cam2ego", "intrinsics", "post_rot", "post_tran", "bda")))
+    cells = torch.floor((points - vt.grid_lower) / vt.grid_size).long().reshape(-1, 3)
+    inside = ((cells >= 0) & (cells < torch.tensor([200, 200, 4]))).all(dim=1)
+    x, y, z = cells[inside].unbind(dim=1)
+    counts = torch.bincount((z * 200 + y) * 200 + x, minlength=4 * 200 * 200).view(4, 200, 200).float()
+    assert counts.max() > 100 * counts[counts > 0].min()   # near and far cells differ by orders of magnitude
+    expected = outputs["sum"] / counts.clamp(min=1)
+    assert torch.allclose(outputs["mean"], expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(outputs["mean"], outputs["sum"])
+    with pytest.raises(UsageError, match="camera_bev_pooling"):
+        camera_r18("model.camera_bev_pooling=max")
+
+
+def test_onnx_graph_of_a_height_binned_mean_pooled_model_matches_the_model():
+    from occ import deploy
+    cfg = camera_r18("model.camera_height_bins=4", "model.camera_bev_pooling=mean")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    batch = example_batch(cfg)
+    inputs = deploy.graph_inputs(model, batch)
+    graph = deploy.ExportableOccNet(model).eval()
+    with torch.no_grad():
+        expected = model(batch)["occ_logits"]
+        got = graph(*(inputs[name] for name in graph.input_names))
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)

@@ -1,6 +1,7 @@
 import json
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import evaluate
 from occ.checkpoint import CheckpointError, save_checkpoint
 from occ.config import get_config
 from occ.ema import EMA
+from occ.errors import UsageError
 from occ.geometry import make_transform
 from occ.models import build_model
 
@@ -191,3 +193,20 @@ def test_synthetic_world_ground_truth_scores_one(synthetic_root, tmp_path):
     assert metrics["num_samples"] == len(infos)
     assert metrics["miou"] == 1.0 and metrics["geometry_iou"] == 1.0 and metrics["rayiou"] == 1.0
     assert sum(not np.isnan(v["iou"]) for v in metrics["per_class"].values()) > 5  # several classes present
+
+
+@pytest.mark.parametrize("benchmark", evaluate.BENCHMARKS)
+def test_every_scorer_refuses_the_same_bad_options(benchmark, tmp_path, capsys):
+    """The options shared by the scorers (cli.add_scoring_args) are checked the same way by each."""
+    predictions = ["--pred-json", str(tmp_path / "r.json")] if benchmark == "detection" else ["--pred-dir", str(tmp_path)]
+    common = ["--benchmark", benchmark, "--data-root", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        evaluate.main(common + predictions + ["--no-ema"])
+    assert "--no-ema only applies to --ckpt" in capsys.readouterr().err
+    with pytest.raises(UsageError, match=re.escape(f"--out {tmp_path} is a folder")):
+        evaluate.main(common + predictions + ["--out", str(tmp_path)])
+    with pytest.raises(UsageError, match="--batch-size must be >= 1, got 0"):
+        evaluate.main(common + ["--ckpt", "x.pt", "--batch-size", "0"])
+    with pytest.raises(SystemExit):   # --ckpt and the predictions exclude each other
+        evaluate.main(common + predictions + ["--ckpt", "x.pt"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -49,12 +49,16 @@ class LSSViewTransformer(nn.Module):
     u = linspace(0, W_in-1, W_f), v = linspace(0, H_in-1, H_f), d = arange(*depth_bins).
     BEV grid: x, y over pc_range with `bev_voxel` metres; `height_bins` z bins over the whole height
     (1 in the published models), stacked into channels: out_channels = context_channels x height_bins,
-    channel c * height_bins + z.
+    channel c * height_bins + z. `pooling` "sum" (published) adds the depth-weighted context of every
+    frustum point of a cell; "mean" divides that sum by the cell's number of frustum points, so that
+    near cells (thousands of points) and far ones (a few) have features of the same scale.
     """
 
     def __init__(self, in_channels, context_channels, image_size, downsample, depth_bins, pc_range, bev_voxel,
-                 use_lidar_depth, height_bins=1):
+                 use_lidar_depth, height_bins=1, pooling="sum"):
         super().__init__()
+        if pooling not in ("sum", "mean"):
+            raise ValueError(f"pooling must be 'sum' or 'mean', got {pooling!r}")
         H_in, W_in = image_size
         if H_in % downsample or W_in % downsample:
             raise UsageError(f"data.image_size {image_size} must be divisible by model.downsample {downsample}")
@@ -75,7 +79,7 @@ class LSSViewTransformer(nn.Module):
         self.register_buffer("grid_lower", lower, persistent=False)
         self.register_buffer("grid_size", size, persistent=False)
         self.bev_hw = (round((pc_range[4] - pc_range[1]) / bev_voxel), round((pc_range[3] - pc_range[0]) / bev_voxel))
-        self.height_bins = height_bins
+        self.height_bins, self.pooling = height_bins, pooling
         self.out_channels = context_channels * height_bins
         self._rank_cache = None  # (geometry tensors, ranks) of the last eval-mode call
 
@@ -136,5 +140,17 @@ class LSSViewTransformer(nn.Module):
         depth, context = self.lift(img_feat, batch.get("depth_maps"), B)
         ranks = self.bev_ranks(geometry)
         # pooled in float32 (also under fp16 autocast): sums of many points, and the kernels take float32
-        bev = ops.bev_pool_v2(depth.float(), context.float(), *ranks, (B, self.height_bins, *self.bev_hw))
+        bev_shape = (B, self.height_bins, *self.bev_hw)
+        bev = ops.bev_pool_v2(depth.float(), context.float(), *ranks, bev_shape)
+        if self.pooling == "mean":
+            bev = mean_over_points(bev, ranks[2], bev_shape)
         return bev.flatten(1, 2), depth  # (B, C, Z, Y, X) -> (B, C * Z, Y, X)
+
+
+def mean_over_points(bev, ranks_bev, bev_shape):
+    """Pooled sums (B, C, Z, Y, X) -> means over each cell's frustum points (ranks_bev (P,), one entry
+    per point); cells without points stay 0. The counts depend on the geometry only."""
+    B, Z, Y, X = bev_shape
+    ones = torch.ones(ranks_bev.shape[0], dtype=bev.dtype, device=bev.device)
+    counts = torch.zeros(B * Z * Y * X, dtype=bev.dtype, device=bev.device).index_add(0, ranks_bev.long(), ones)
+    return bev / counts.view(B, 1, Z, Y, X).clamp(min=1)
