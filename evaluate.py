@@ -135,6 +135,14 @@ def check_prediction_folder(pred_dir, infos):
     return len(present - set(tokens))
 
 
+def check_scored_folder(pred_dir, infos, info_file):
+    """check_prediction_folder for a scorer: raises for missing samples, says on stdout how many
+    files of pred_dir are not samples of `info_file` (they are not scored)."""
+    extra = check_prediction_folder(pred_dir, infos)
+    if extra:
+        print(f"note: {extra} prediction files in {pred_dir} are not samples of {info_file}; not scored")
+
+
 def folder_samples(pred_dir, infos, data_root, gt_dir=occ3d.GT_DIR):
     """Scored-sample dicts (occ.evaluation) of a prediction folder and the GT files, in info order."""
     for info in infos:
@@ -219,9 +227,7 @@ def main(argv=None):
     args = parse_args(argv)
     split, path, infos = split_infos(args)
     if args.pred_dir:
-        extra = check_prediction_folder(args.pred_dir, infos)
-        if extra:
-            print(f"note: {extra} prediction files in {args.pred_dir} are not samples of {path}; not scored")
+        check_scored_folder(args.pred_dir, infos, path)
         samples = folder_samples(args.pred_dir, infos, args.data_root)
     else:
         samples = model_samples(args, path)

@@ -27,7 +27,7 @@ import numpy as np
 
 from datasets.build import dataset_from_config
 from datasets.nuscenes_occ import collate, load_occ_gt, read_npz
-from evaluate import check_prediction_folder, checkpoint_model, split_infos, write_metrics
+from evaluate import check_scored_folder, checkpoint_model, split_infos, write_metrics
 from occ import occ3d, openocc
 from occ.checkpoint import CheckpointError
 from occ.errors import DataError
@@ -151,9 +151,7 @@ def main(argv=None):
     args = parse_args(argv)
     split, path, infos = split_infos(args)
     if args.pred_dir:
-        extra = check_prediction_folder(args.pred_dir, infos)
-        if extra:
-            print(f"note: {extra} prediction files in {args.pred_dir} are not samples of {path}; not scored")
+        check_scored_folder(args.pred_dir, infos, path)
         samples = folder_samples(args.pred_dir, infos, args.data_root, args.gt_dir)
     else:
         samples = model_samples(args, path)

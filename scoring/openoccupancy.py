@@ -21,7 +21,7 @@ import cli
 from datasets.build import dataset_from_config
 from datasets.nuscenes_occ import collate
 from datasets.openoccupancy import NUM_CLASSES, gt_path, load_openoccupancy_gt
-from evaluate import (check_prediction_folder, checkpoint_model, label_grid, read_semantics, split_infos,
+from evaluate import (check_scored_folder, checkpoint_model, label_grid, read_semantics, split_infos,
                       write_metrics)
 from occ import openocc
 from occ.errors import UsageError
@@ -77,9 +77,7 @@ def main(argv=None):
     args = parse_args(argv)
     split, path, infos = split_infos(args)
     if args.pred_dir:
-        extra = check_prediction_folder(args.pred_dir, infos)
-        if extra:
-            print(f"note: {extra} prediction files in {args.pred_dir} are not samples of {path}; not scored")
+        check_scored_folder(args.pred_dir, infos, path)
         samples = folder_samples(args.pred_dir, infos, args.data_root)
     else:
         samples = model_samples(args, path)

@@ -20,7 +20,7 @@ import cli
 from datasets.build import dataset_from_config, info_path
 from datasets.nuscenes_occ import collate, load_infos
 from datasets.waymo_occ import load_waymo_gt
-from evaluate import (check_prediction_folder, checkpoint_model, label_grid, read_semantics, save_prediction,
+from evaluate import (check_scored_folder, checkpoint_model, label_grid, read_semantics, save_prediction,
                       write_metrics)
 from occ import waymo
 from occ.errors import DataError, UsageError
@@ -79,9 +79,7 @@ def main(argv=None):
         raise DataError(f"info file {path} lacks {missing}: not an Occ3D-Waymo info file "
                         f"(datasets/prepare_waymo.py writes them)")
     if args.pred_dir:
-        extra = check_prediction_folder(args.pred_dir, infos)
-        if extra:
-            print(f"note: {extra} prediction files in {args.pred_dir} are not frames of {path}; not scored")
+        check_scored_folder(args.pred_dir, infos, path)
         samples = folder_samples(args.pred_dir, infos, args.data_root)
     else:
         samples = model_samples(args, path)
