@@ -15,7 +15,10 @@ then scores on the validation split with evaluate.py --benchmark openocc (EMA we
 With zero flow the mAVE is the mean GT speed over the true-positive dynamic rays, so the model's
 flow helps exactly when its mAVE is below the one of the same occupancy with zero flow.
 --skip-train scores --ckpt (default: the latest checkpoint in WORK_DIR/effocc_fusion_r18_flow_tiny).
-Prints the RayIoU / mAVE / OccScore table and the per-class AVE.
+Prints the RayIoU / mAVE / OccScore table, the per-class AVE, and the model's flow on the GT
+voxels: on the moving ones (GT speed > occ.flow.MOVING_SPEED) its mean speed, end-point error
+(against the zero-flow one, the mean GT speed) and cosine with the GT flow; on the static occupied
+ones its mean speed. --set passes config overrides to training (e.g. train.flow_loss_voxels=balanced).
 """
 import argparse
 import os
@@ -31,6 +34,7 @@ import train_fusion  # noqa: E402
 from bench.common import default_split, ensure_synthetic_world, split_samples  # noqa: E402
 from occ import occ3d, openocc  # noqa: E402
 from occ.checkpoint import latest_checkpoint  # noqa: E402
+from occ.flow import MOVING_SPEED  # noqa: E402
 
 PRESET = "effocc_fusion_r18_flow_tiny"
 
@@ -48,6 +52,34 @@ def write_predictions(samples, pred_dir, semantics_of, flow_of):
                             flow=flow_of(sample))
 
 
+def flow_on_gt_voxels(samples, gt_of, flow_of):
+    """{"moving", "speed", "epe", "zero_flow_epe", "cosine", "static", "static_speed"}: the number
+    of moving GT voxels (occupied, GT speed > MOVING_SPEED) over `samples`, the mean predicted speed,
+    end-point error |flow - GT| and GT speed (the zero-flow error) on them, the mean cosine between
+    predicted and GT flow (0 where the prediction is 0); the number of static occupied voxels and the
+    mean predicted speed on them. gt_of(sample) -> (semantics, flow); flow_of(sample) -> flow."""
+    sums = dict.fromkeys(("moving", "speed", "epe", "zero_flow_epe", "cosine", "static", "static_speed"), 0.0)
+    for sample in samples:
+        semantics, gt_flow = gt_of(sample)
+        flow = flow_of(sample)
+        gt_speed = np.linalg.norm(gt_flow, axis=-1)
+        occupied = semantics != openocc.FREE
+        moving, static = occupied & (gt_speed > MOVING_SPEED), occupied & (gt_speed <= MOVING_SPEED)
+        f, g = flow[moving], gt_flow[moving]   # (N, 2)
+        speed = np.linalg.norm(f, axis=-1)
+        sums["moving"] += moving.sum()
+        sums["speed"] += speed.sum()
+        sums["epe"] += np.linalg.norm(f - g, axis=-1).sum()
+        sums["zero_flow_epe"] += gt_speed[moving].sum()
+        sums["cosine"] += ((f * g).sum(-1) / np.maximum(speed * gt_speed[moving], 1e-12)).sum()
+        sums["static"] += static.sum()
+        sums["static_speed"] += np.linalg.norm(flow[static], axis=-1).sum()
+    moving, static = max(sums["moving"], 1), max(sums["static"], 1)
+    return {"moving": int(sums["moving"]), "speed": sums["speed"] / moving, "epe": sums["epe"] / moving,
+            "zero_flow_epe": sums["zero_flow_epe"] / moving, "cosine": sums["cosine"] / moving,
+            "static": int(sums["static"]), "static_speed": sums["static_speed"] / static}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="data/synthetic")
@@ -55,13 +87,15 @@ def main():
     parser.add_argument("--steps", type=int, default=500, help="optimizer steps of training")
     parser.add_argument("--skip-train", action="store_true", help="score an existing checkpoint (--ckpt)")
     parser.add_argument("--ckpt", help="with --skip-train: the checkpoint (default: the latest of the run)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides of training")
     args = parser.parse_args()
     ensure_synthetic_world(args.data_root)
     run_dir = os.path.join(args.work_dir, PRESET)
     if not args.skip_train:
         started = time.perf_counter()
         train_fusion.main(["--config", PRESET, "--data-root", args.data_root, "--work-dir", run_dir,
-                           "--max-steps", str(args.steps), "--no-val", "--ckpt-every", "50", "--overwrite"])
+                           "--max-steps", str(args.steps), "--no-val", "--ckpt-every", "50", "--overwrite",
+                           "--set", *args.set])
         print(f"trained {args.steps} steps in {(time.perf_counter() - started) / 60:.1f} min")
     checkpoint = args.ckpt or str(latest_checkpoint(run_dir))
 
@@ -83,9 +117,12 @@ def main():
     def zero_flow(sample):
         return np.zeros(occ3d.GRID_SHAPE + (2,), dtype=np.float32)
 
-    def gt_semantics(sample):
+    def gt_labels(sample):
         with np.load(occ3d.gt_path(args.data_root, sample["scene_name"], sample["token"], openocc.GT_DIR)) as gt:
-            return gt["semantics"].astype(np.uint8)
+            return gt["semantics"].astype(np.uint8), gt["flow"]
+
+    def gt_semantics(sample):
+        return gt_labels(sample)[0]
 
     for name, semantics_of, flow_of, folder in (
             ("own occupancy, zero flow", own_semantics, zero_flow, "pred_model_zero_flow"),
@@ -104,6 +141,10 @@ def main():
     print(f"{'predictor':<36} " + " ".join(f"{name[:8]:>8}" for name in dynamic))
     for name, m in results.items():
         print(f"{name:<36} " + " ".join(f"{m['per_class'][c]['ave']:8.3f}" for c in dynamic))
+    f = flow_on_gt_voxels(val_samples, gt_labels, own_flow)
+    print(f"\nthe model's flow on the GT voxels: {f['moving']} moving (GT speed > {MOVING_SPEED} m/s): mean speed "
+          f"{f['speed']:.3f} m/s, end-point error {f['epe']:.3f} m/s (zero flow: {f['zero_flow_epe']:.3f}), "
+          f"cosine with the GT {f['cosine']:.3f}; {f['static']} static occupied: mean speed {f['static_speed']:.3f} m/s")
 
 
 if __name__ == "__main__":

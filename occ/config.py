@@ -29,7 +29,7 @@ BEV_POOLINGS = ("sum", "mean")  # of the camera frustum points in a BEV cell
 LOSSES = ("ce", "four", "focal", "centerpoint", "ohem")
 LR_SCHEDULES = ("step", "cosine")
 COLOR_ORDERS = ("rgb", "bgr")
-FLOW_LOSS_VOXELS = ("occupied", "all")
+FLOW_LOSS_VOXELS = ("occupied", "all", "balanced")
 BENCHMARKS = ("occ3d", "openocc", "openoccupancy", "waymo")  # which GT the dataset reads (docs/data.md)
 DERIVED_FIELDS = ("data.load_points", "data.load_depth")
 
@@ -110,7 +110,7 @@ class TrainConfig:
     ema_ramp: int = 2000  # decay * (1 - exp(-updates / ramp))
     loss: str = "ce"  # "ce" | "four" (CE + sem_scal + geo_scal + Lovasz) | "focal" (Occ-BEV) | "centerpoint" (detection)
     flow_loss_weight: float = 0.25  # model.flow_head: weight of the L1 flow loss
-    flow_loss_voxels: str = "occupied"  # "occupied" (GT not free) | "all" (the original): what the L1 covers
+    flow_loss_voxels: str = "occupied"  # "occupied" (GT not free) | "all" (the original) | "balanced" (moving = static)
     seed: int = 0
     log_interval: int = 50  # iterations
     val_interval: int = 1  # epochs

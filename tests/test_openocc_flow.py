@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import evaluate
 import train_fusion
+from bench.flow import flow_on_gt_voxels
 from datasets import transforms
 from datasets.nuscenes_occ import NuScenesOccDataset, load_occ_gt
 from occ import occ3d, openocc
@@ -18,7 +19,7 @@ from occ.checkpoint import CheckpointError, save_checkpoint
 from occ.config import apply_overrides, get_config
 from occ.ema import EMA
 from occ.errors import DataError, UsageError
-from occ.flow import flow_l1_loss, flow_voxels
+from occ.flow import flow_l1_loss, flow_voxel_weights
 from occ.geometry import bda_matrix, make_transform
 from occ.models import build_model
 from occ.models.heads import FlowHead, OccHead
@@ -63,8 +64,11 @@ def test_flow_loss_on_hand_made_tensors():
     gt_flow = torch.zeros(1, 2, 2, 1, 2)
     flow = torch.tensor([[1.0, -2.0], [5.0, 5.0], [0.0, 0.5], [0.0, 0.0]]).view(1, 2, 2, 1, 2)
     # |error| summed over (vx, vy): car 3, free 10, pedestrian 0.5, free 0
-    assert flow_l1_loss(flow, gt_flow, flow_voxels(semantics, "occupied")).item() == pytest.approx(3.5 / 4)
-    assert flow_l1_loss(flow, gt_flow, flow_voxels(semantics, "all")).item() == pytest.approx(13.5 / 8)
+    def loss(which):
+        return flow_l1_loss(flow, gt_flow, flow_voxel_weights(semantics, gt_flow, which)).item()
+    assert loss("occupied") == pytest.approx(3.5 / 4)
+    assert loss("all") == pytest.approx(13.5 / 8)
+    assert loss("balanced") == pytest.approx(3.5 / 4)  # nothing moves: "balanced" is "occupied"
 
     cfg = get_config("effocc_fusion_r18_flow_tiny")
     logits = torch.randn(1, 2, 2, 1, 17)
@@ -75,6 +79,48 @@ def test_flow_loss_on_hand_made_tensors():
     # OpenOcc: CE over every voxel, although mask_camera is empty here
     expected_ce = F.cross_entropy(logits.view(-1, 17), semantics.view(-1))
     assert losses["loss_ce"].item() == pytest.approx(expected_ce.item(), rel=1e-6)
+
+
+def test_balanced_flow_loss_gives_moving_and_static_voxels_half_each():
+    # one moving car voxel, three static occupied voxels (a parked car, two pedestrians), four free
+    semantics = torch.tensor([CAR, CAR, PEDESTRIAN, PEDESTRIAN, FREE, FREE, FREE, FREE]).view(1, 2, 4, 1)
+    gt_flow = torch.zeros(1, 2, 4, 1, 2)
+    gt_flow[0, 0, 0, 0] = torch.tensor([6.0, -8.0])   # 10 m/s
+    gt_flow[0, 0, 3, 0] = torch.tensor([0.05, 0.0])   # a pedestrian below MOVING_SPEED: static
+    weights = flow_voxel_weights(semantics, gt_flow, "balanced")
+    assert weights.flatten().tolist() == pytest.approx([1 / 2, 1 / 6, 1 / 6, 1 / 6, 0, 0, 0, 0])
+    flow = torch.zeros_like(gt_flow)
+    flow[0, 0, 1, 0] = torch.tensor([1.0, 1.0])       # error 2 on the parked car
+    # moving voxel: |0 - 6| + |0 + 8| = 14 -> 14 / 2 / 2; static: (2 + 0 + 0.05) / 3 / 2 / 2
+    expected = 14 / 4 + 2.05 / 12
+    assert flow_l1_loss(flow, gt_flow, weights).item() == pytest.approx(expected)
+    # a label mask keeps only the voxels it sets, and the halves are shared by what is left
+    keep = torch.zeros(1, 2, 4, 1, dtype=torch.bool)
+    keep[0, 0, :2] = True
+    assert flow_voxel_weights(semantics, gt_flow, "balanced", keep).flatten().tolist() == \
+        pytest.approx([1 / 2, 1 / 2, 0, 0, 0, 0, 0, 0])
+    # no voxel chosen: zero weights, zero loss
+    nothing = flow_voxel_weights(semantics, gt_flow, "balanced", torch.zeros_like(keep))
+    assert nothing.sum().item() == 0 and flow_l1_loss(flow, gt_flow, nothing).item() == 0
+    # through the training loss, with the config switch
+    cfg = apply_overrides(get_config("effocc_fusion_r18_flow_tiny"), ["train.flow_loss_voxels=balanced"])
+    batch = {"semantics": semantics, "flow": gt_flow, "mask_camera": torch.ones(1, 2, 4, 1, dtype=torch.bool)}
+    outputs = {"occ_logits": torch.zeros(1, 2, 4, 1, 17), "flow": flow}
+    losses = train_fusion.make_loss_fn(cfg)(lambda b: outputs, batch)
+    assert losses["loss_flow"].item() == pytest.approx(0.25 * expected)
+
+
+def test_flow_on_gt_voxels_summary():
+    semantics = np.array([CAR, CAR, PEDESTRIAN, FREE], dtype=np.uint8).reshape(2, 2, 1)
+    gt_flow = np.zeros((2, 2, 1, 2), dtype=np.float32)
+    gt_flow[0, 0, 0] = (3.0, 4.0)                     # the only moving voxel, 5 m/s
+    flow = np.zeros_like(gt_flow)
+    flow[0, 0, 0] = (0.0, 4.0)                        # speed 4, error 3, cosine 16 / 20
+    flow[0, 1, 0] = (1.0, 0.0)                        # static car voxel, speed 1
+    flow[1, 1, 0] = (9.0, 9.0)                        # free voxel: not counted
+    summary = flow_on_gt_voxels([{}, {}], lambda s: (semantics, gt_flow), lambda s: flow)
+    assert summary == pytest.approx({"moving": 2, "speed": 4.0, "epe": 3.0, "zero_flow_epe": 5.0, "cosine": 0.8,
+                                     "static": 4, "static_speed": 0.5})
 
 
 # ------------------------------------------------------------------------------------ BEV flips
