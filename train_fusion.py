@@ -178,9 +178,10 @@ def main(argv=None):
         validate = make_openocc_validate(val_set, collate)  # RayIoU, mAVE, OccScore
     elif val_set and cfg.data.benchmark == "openoccupancy":
         validate = make_openoccupancy_validate(val_set, collate)  # SC IoU, SSC mIoU
+    elif val_set and cfg.data.benchmark == "waymo":
+        validate = make_occupancy_validate(val_set, collate, waymo.CLASS_NAMES, waymo.PALETTE)
     elif val_set:
-        validate = make_occupancy_validate(val_set, collate,
-                                           waymo.CLASS_NAMES if cfg.data.benchmark == "waymo" else occ3d.CLASS_NAMES)
+        validate = make_occupancy_validate(val_set, collate)
     return fit(run, make_loss_fn(cfg, class_weights), validate, **cli.fit_options(args))
 
 

@@ -99,10 +99,11 @@ def score_occupancy(samples, mask="camera", ray_origins=None, total=None, on_sam
     return metrics
 
 
-def make_occupancy_validate(val_set, collate_fn, class_names=occ3d.CLASS_NAMES):
+def make_occupancy_validate(val_set, collate_fn, class_names=occ3d.CLASS_NAMES, palette=occ3d.PALETTE):
     """validate(run, step) for occ.loop.fit: the EMA weights on `val_set` (which loads its GT),
     scored by `score_occupancy` (camera mask, no RayIoU; `class_names` free last); mIoU, geometry
-    IoU, per-class IoU and a bird's-eye GT-vs-prediction picture of the first sample to TensorBoard."""
+    IoU, per-class IoU and a bird's-eye GT-vs-prediction picture of the first sample (in `palette`,
+    with the legend of `class_names`) to TensorBoard."""
     def validate(run, step):
         first = {}
 
@@ -123,8 +124,7 @@ def make_occupancy_validate(val_set, collate_fn, class_names=occ3d.CLASS_NAMES):
             iou = metrics["per_class"][name]["iou"]
             if not math.isnan(iou):
                 run.writer.add_scalar(f"val_iou/{name}", iou, step)
-        picture = gt_vs_pred_image(first["semantics"], first["pred"], first["mask_camera"],
-                                   free_label=len(class_names) - 1)
+        picture = gt_vs_pred_image(first["semantics"], first["pred"], first["mask_camera"], class_names, palette)
         run.writer.add_image("val/bev_gt_vs_pred", picture, step, dataformats="HWC")
         run.log(f"step {step}: val mIoU {100 * metrics['miou']:.2f}, geometry IoU {100 * metrics['geometry_iou']:.2f}")
         return metrics

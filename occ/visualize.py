@@ -64,17 +64,24 @@ def legend(class_names=occ3d.CLASS_NAMES[:occ3d.FREE], palette=occ3d.PALETTE, wi
     return np.asarray(canvas)
 
 
-def gt_vs_pred_image(gt, pred, visible=None, free_label=occ3d.FREE, scale=2, gap=8):
+def gt_vs_pred_image(gt, pred, visible=None, class_names=occ3d.CLASS_NAMES, palette=occ3d.PALETTE, scale=2, gap=8):
     """GT and prediction bird's-eye maps side by side (titles above, class legend below), with
-    the columns outside `visible` (e.g. mask_camera) greyed in both. Returns uint8 (H, W, 3)."""
+    the columns outside `visible` (e.g. mask_camera) greyed in both. class_names (free last) and
+    palette (RGB per class) are the benchmark's: Occ3D's by default, occ.waymo's for Occ3D-Waymo.
+    Returns uint8 (H, W, 3)."""
     gt, pred = np.asarray(gt), np.asarray(pred)
     if gt.shape != pred.shape:
         raise ValueError(f"GT shape {gt.shape} differs from prediction shape {pred.shape}")
-    left = titled(bev_semantic_map(gt, visible, free_label=free_label, scale=scale), "ground truth")
-    right = titled(bev_semantic_map(pred, visible, free_label=free_label, scale=scale), "prediction")
+    if len(palette) != len(class_names):
+        raise ValueError(f"{len(class_names)} class names but {len(palette)} palette colours")
+    free_label = len(class_names) - 1
+
+    def bev(grid, title):
+        return titled(bev_semantic_map(grid, visible, palette, free_label, scale), title)
+    left, right = bev(gt, "ground truth"), bev(pred, "prediction")
     spacer = np.full((left.shape[0], gap, 3), BACKGROUND, dtype=np.uint8)
     pair = np.concatenate([left, spacer, right], axis=1)
-    key = legend(width=pair.shape[1])
+    key = legend(class_names[:free_label], palette, width=pair.shape[1])
     return np.concatenate([pair, key], axis=0)
 
 

@@ -1,7 +1,8 @@
 import numpy as np
+import pytest
 from PIL import Image
 
-from occ import occ3d, visualize
+from occ import occ3d, visualize, waymo
 
 FREE, PALETTE = occ3d.FREE, occ3d.PALETTE
 CAR, DRIVEABLE, VEGETATION = 4, 11, 16
@@ -59,6 +60,19 @@ def test_gt_vs_pred_side_by_side():
     row, col = 14 + 199 - 150, 199 - 30
     assert (image[row, col] == PALETTE[VEGETATION]).all()
     assert (image[row, 208 + col] == PALETTE[DRIVEABLE]).all()
+
+
+def test_gt_vs_pred_of_waymo_labels_uses_the_waymo_palette_and_legend():
+    grid = np.full((200, 200, 16), waymo.FREE, dtype=np.uint8)
+    grid[150, 30, 2] = waymo.CLASS_NAMES.index("VEGETATION")
+    image = visualize.gt_vs_pred_image(grid, grid, class_names=waymo.CLASS_NAMES, palette=waymo.PALETTE, scale=1)
+    assert (image[14 + 199 - 150, 199 - 30] == waymo.PALETTE[waymo.CLASS_NAMES.index("VEGETATION")]).all()
+    assert (image[14 + 0, 0] == waymo.PALETTE[waymo.FREE]).all()   # empty column: the free colour
+    legend = image[14 + 200:]
+    np.testing.assert_array_equal(legend, visualize.legend(waymo.CLASS_NAMES[:waymo.FREE], waymo.PALETTE, width=408))
+    assert not np.array_equal(legend, visualize.legend(width=408))   # not the Occ3D legend
+    with pytest.raises(ValueError, match="palette"):
+        visualize.gt_vs_pred_image(grid, grid, class_names=waymo.CLASS_NAMES)
 
 
 def test_voxel_render_draws_only_non_free_voxels():

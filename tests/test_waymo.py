@@ -266,20 +266,21 @@ def test_bad_calibration(waymo_root, tmp_path):
 
 
 def test_train_one_step_and_score_the_checkpoint(waymo_root, tmp_path, capsys):
-    """train_fusion.py on the Waymo world (--frames-every, the OHEM loss), then evaluate.py
-    --benchmark waymo on its checkpoint."""
+    """train_fusion.py on the Waymo world (--frames-every, the OHEM loss, validation with the Waymo
+    classes), then evaluate.py --benchmark waymo on its checkpoint."""
     import evaluate
     import train_fusion
     from occ.checkpoint import latest_checkpoint
     work_dir = str(tmp_path / "run")
     position = train_fusion.main(["--config", "effocc_waymo_lidar_tiny", "--data-root", waymo_root, "--work-dir",
-                                  work_dir, "--no-val", "--max-steps", "1", "--frames-every", "2",
+                                  work_dir, "--max-steps", "1", "--val-every", "1", "--frames-every", "2",
                                   "--set", "train.warmup_iters=0", "train.log_interval=1"])
     assert position.step == 1
     assert "1 training samples" in capsys.readouterr().out  # frame 0 of the one training scene
     logged = b"".join(open(os.path.join(folder, name), "rb").read() for folder, _, names in os.walk(work_dir)
                       for name in names if name.startswith("events.out.tfevents"))
     assert b"train/loss_ohem" in logged  # the TensorBoard scalar of the OHEM loss
+    assert b"val_iou/VEGETATION" in logged and b"val/bev_gt_vs_pred" in logged  # validated with the Waymo classes
     out = str(tmp_path / "m.json")
     metrics = evaluate.main(["--benchmark", "waymo", "--ckpt", str(latest_checkpoint(work_dir)),
                              "--data-root", waymo_root, "--out", out, "--device", "cpu"])
