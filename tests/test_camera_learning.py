@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
+from bench.free_bias import geometry_counts
 from datasets.build import dataset_from_config, info_path
 from datasets.nuscenes_occ import collate
+from occ import occ3d
 from occ.config import apply_overrides, get_config
 from occ.errors import UsageError
 from occ.losses import camera_depth_loss, depth_bin_count, depth_loss, depth_targets
@@ -192,3 +194,17 @@ def test_onnx_graph_of_a_height_binned_mean_pooled_model_matches_the_model():
         expected = model(batch)["occ_logits"]
         got = graph(*(inputs[name] for name in graph.input_names))
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_free_bias_counts_on_hand_made_logits():
+    """bench/free_bias.py: a bias on the free logit moves voxels from occupied to free."""
+    logits = torch.zeros(3, 1, 1, occ3d.NUM_CLASSES)
+    logits[0, 0, 0, 0] = 1.0            # occupied (class 0) by 1 over free
+    logits[1, 0, 0, occ3d.FREE] = 5.0   # free by 5
+    logits[2, 0, 0, 3] = 0.5            # occupied (class 3) by 0.5
+    semantics = torch.tensor([0, 0, occ3d.FREE]).view(3, 1, 1)
+    mask = torch.ones(3, 1, 1, dtype=torch.bool)
+    counts = geometry_counts(logits, semantics, mask, [0.0, 0.75, 2.0])
+    assert counts == {0.0: (1, 1, 1), 0.75: (1, 0, 1), 2.0: (0, 0, 2)}   # (TP, FP, FN)
+    mask[2] = False                      # outside the mask nothing counts
+    assert geometry_counts(logits, semantics, mask, [0.0]) == {0.0: (1, 0, 1)}
