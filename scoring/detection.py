@@ -203,6 +203,9 @@ def score_results(path, nusc, split, verbose=False):
     from nuscenes.eval.detection.evaluate import DetectionEval
 
     check_result_file(path, split_sample_tokens(nusc, split))
+    with open(path) as f:
+        if not any(json.load(f)["results"].values()):
+            return nothing_detected_metrics()
     with tempfile.TemporaryDirectory() as output_dir:
         evaluator = DetectionEval(nusc, config_factory(EVAL_CONFIG), path, split, output_dir, verbose=verbose)
         summary = evaluator.evaluate()[0].serialize()
@@ -213,6 +216,19 @@ def score_results(path, nusc, split, verbose=False):
                                    **{f"ap@{d}": ap for d, ap in summary["label_aps"][name].items()},
                                    **summary["label_tp_errors"][name]} for name in CLASS_NAMES}
     return metrics
+
+
+def nothing_detected_metrics():
+    """score_results' figures for a result file without a single box, which the devkit cannot load:
+    what it gives every class without a true positive (AP 0 at every distance, every TP error 1,
+    NaN where it never scores the error: attribute and velocity of barriers, attribute, velocity and
+    orientation of traffic cones), so mAP 0 and NDS 0."""
+    from nuscenes.eval.common.config import config_factory
+    never_scored = {"barrier": ("attr_err", "vel_err"), "traffic_cone": ("attr_err", "vel_err", "orient_err")}
+    per_class = {name: {"ap": 0.0, **{f"ap@{d}": 0.0 for d in config_factory(EVAL_CONFIG).dist_ths},
+                        **{err: math.nan if err in never_scored.get(name, ()) else 1.0 for err in TP_ERRORS}}
+                 for name in CLASS_NAMES}
+    return {"map": 0.0, "nds": 0.0, **{name: 1.0 for name in TP_ERRORS.values()}, "per_class": per_class}
 
 
 def report(metrics):

@@ -291,6 +291,33 @@ def test_bad_result_files_are_named(data_root, gt_result_file, tmp_path):
         scoring.score_results(str(path), nusc, "mini_val")
 
 
+def test_a_result_file_without_boxes_scores_what_the_devkit_gives_a_lone_false_positive(data_root, gt_result_file,
+                                                                                       tmp_path):
+    """No box at all (a young model under the score threshold): the devkit cannot load such a file,
+    so score_results gives its figures for classes without a true positive, checked here against
+    the devkit itself on a file whose only box (a car at the ego's own position) matches nothing."""
+    nusc = load_nuscenes(data_root, "v1.0-mini")
+    with open(gt_result_file) as f:
+        data = json.load(f)
+    empty = {**data, "results": {token: [] for token in data["results"]}}
+    path = tmp_path / "empty.json"
+    path.write_text(json.dumps(empty))
+    nothing = scoring.score_results(str(path), nusc, "mini_val")
+    token = next(iter(data["results"]))
+    info = next(i for i in load_infos(info_path(data_root, "mini_val")) if i["token"] == token)
+    car_at_ego = np.array([[0.0, 0.0, 0.8, 4.5, 1.9, 1.6, 0.0, 0.0, 0.0]])   # x, y, z, l, w, h, yaw, vx, vy
+    lone = scoring.result_records(token, info["ego2global"], car_at_ego, [0.5], [CLASS_NAMES.index("car")])
+    path.write_text(json.dumps({**empty, "results": {**empty["results"], token: lone}}))
+    devkit = scoring.score_results(str(path), nusc, "mini_val")
+    assert devkit["map"] == nothing["map"] == 0 and devkit["nds"] == nothing["nds"] == 0
+    for key in ("mATE", "mASE", "mAOE", "mAVE", "mAAE"):
+        assert nothing[key] == devkit[key], key
+    for name in CLASS_NAMES:
+        assert nothing["per_class"][name].keys() == devkit["per_class"][name].keys()
+        for key, value in devkit["per_class"][name].items():
+            assert nothing["per_class"][name][key] == pytest.approx(value, nan_ok=True), (name, key)
+
+
 def test_attribute_by_speed():
     assert scoring.attribute_name("car", (0.3, 0.0)) == "vehicle.moving"
     assert scoring.attribute_name("car", (0.1, 0.0)) == "vehicle.parked"
