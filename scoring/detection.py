@@ -153,7 +153,7 @@ def split_sample_tokens(nusc, split):
 def check_result_file(path, sample_tokens):
     """DataError naming the file unless it is a nuScenes result file that holds every one of
     `sample_tokens` and no other sample, with finite numbers, known classes and at most 500
-    boxes per sample."""
+    boxes per sample. Returns its results ({sample_token: [boxes]})."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"result file not found: {path}")
     try:
@@ -192,6 +192,7 @@ def check_result_file(path, sample_tokens):
                     raise DataError(f"{where}: '{key}' must be {length or 1} number(s), got {value!r}")
                 if not all(math.isfinite(v) for v in values):
                     raise DataError(f"{where}: '{key}' is not finite ({value!r})")
+    return results
 
 
 # ------------------------------------------------------------------------------------- scoring
@@ -202,10 +203,8 @@ def score_results(path, nusc, split, verbose=False):
     from nuscenes.eval.common.config import config_factory
     from nuscenes.eval.detection.evaluate import DetectionEval
 
-    check_result_file(path, split_sample_tokens(nusc, split))
-    with open(path) as f:
-        if not any(json.load(f)["results"].values()):
-            return nothing_detected_metrics()
+    if not any(check_result_file(path, split_sample_tokens(nusc, split)).values()):
+        return nothing_detected_metrics()
     with tempfile.TemporaryDirectory() as output_dir:
         evaluator = DetectionEval(nusc, config_factory(EVAL_CONFIG), path, split, output_dir, verbose=verbose)
         summary = evaluator.evaluate()[0].serialize()
