@@ -26,6 +26,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,7 +35,7 @@ import train_fusion  # noqa: E402
 from bench.common import default_split, ensure_synthetic_world, split_samples  # noqa: E402
 from occ import occ3d, openocc  # noqa: E402
 from occ.checkpoint import latest_checkpoint  # noqa: E402
-from occ.flow import MOVING_SPEED  # noqa: E402
+from occ.flow import MOVING_SPEED, moving_voxels  # noqa: E402
 
 PRESET = "effocc_fusion_r18_flow_tiny"
 
@@ -63,8 +64,8 @@ def flow_on_gt_voxels(samples, gt_of, flow_of):
         semantics, gt_flow = gt_of(sample)
         flow = flow_of(sample)
         gt_speed = np.linalg.norm(gt_flow, axis=-1)
-        occupied = semantics != openocc.FREE
-        moving, static = occupied & (gt_speed > MOVING_SPEED), occupied & (gt_speed <= MOVING_SPEED)
+        moving = moving_voxels(torch.from_numpy(semantics), torch.from_numpy(gt_flow)).numpy()
+        static = (semantics != openocc.FREE) & ~moving
         f, g = flow[moving], gt_flow[moving]   # (N, 2)
         speed = np.linalg.norm(f, axis=-1)
         sums["moving"] += moving.sum()

@@ -11,6 +11,11 @@ from occ import openocc
 MOVING_SPEED = 0.1  # m/s: a GT voxel faster than this is "moving" (flow_loss_voxels "balanced")
 
 
+def moving_voxels(semantics, gt_flow):
+    """bool (B, X, Y, Z): the GT-occupied voxels whose GT speed is above MOVING_SPEED."""
+    return (semantics != openocc.FREE) & (gt_flow.float().norm(dim=-1) > MOVING_SPEED)
+
+
 def flow_voxel_weights(semantics, gt_flow, which, keep=None):
     """Per-voxel weights (B, X, Y, Z) float32 of the L1 flow loss, summing to 1 over the batch (all
     zero when no voxel is chosen). Only voxels set in `keep` (bool, same shape; default all) count.
@@ -22,9 +27,8 @@ def flow_voxel_weights(semantics, gt_flow, which, keep=None):
     elif which == "occupied":
         groups = [semantics != openocc.FREE]
     elif which == "balanced":
-        occupied = semantics != openocc.FREE
-        moving = occupied & (gt_flow.float().norm(dim=-1) > MOVING_SPEED)
-        groups = [moving, occupied & ~moving]
+        moving = moving_voxels(semantics, gt_flow)
+        groups = [moving, (semantics != openocc.FREE) & ~moving]
     else:
         raise ValueError(f"flow voxels must be 'occupied', 'all' or 'balanced', got {which!r}")
     if keep is not None:
