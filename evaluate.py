@@ -17,23 +17,20 @@ array of the file); every sample of the split must be there.
 Metrics are defined in occ/metrics.py (docs/metrics.md); the run is deterministic.
 """
 import importlib
-import json
-import math
 import os
 import sys
 
 import cli  # noqa: F401  (first: quiets third-party warnings before they are imported)
 
-import numpy as np
-import torch
-
-from datasets.build import dataset_from_config, default_split, info_path
-from datasets.nuscenes_occ import collate, load_infos, load_occ_gt, read_npz
+from datasets.build import dataset_from_config
+from datasets.nuscenes_occ import collate, load_occ_gt
 from occ import occ3d
-from occ.errors import DataError, UsageError
-from occ.evaluation import MASKS, build_model_from_checkpoint, predict, score_occupancy
+from occ.errors import UsageError
+from occ.evaluation import MASKS, predict, score_occupancy
 from occ.metrics import format_table, scene_lidar_origins
 from occ.visualize import gt_vs_pred_image, save_png, voxel_render
+from scoring.common import (check_scored_folder, checkpoint_model, finish, label_grid, read_semantics,
+                            save_prediction, split_infos)
 
 
 BENCHMARKS = ("occ3d", "detection", "waymo", "openocc", "openoccupancy")  # the first one is this file's; the others are scoring/<name>.py
@@ -73,74 +70,9 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------------- predictions
-def label_grid(path, array, shape, max_label, what):
-    """Check a predicted label grid read from `path`: shape, integer dtype, labels in [0, max_label]
-    (`what` describes them in the error); returns it as uint8. DataError naming the file otherwise."""
-    if array.shape != shape:
-        raise DataError(f"prediction {path} has shape {array.shape}, expected {shape}")
-    if not np.issubdtype(array.dtype, np.integer):
-        raise DataError(f"prediction {path} has dtype {array.dtype}, expected integer labels (uint8)")
-    if array.min() < 0 or array.max() > max_label:
-        raise DataError(f"prediction {path} holds labels outside [0, {max_label}] ({what}): "
-                        f"min {array.min()}, max {array.max()}")
-    return array.astype(np.uint8)
-
-
-def read_semantics(path):
-    """The `semantics` array of a prediction file (or its single array); FileNotFoundError when the
-    file is missing, DataError naming it when it is empty, truncated, corrupt or holds other arrays."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"prediction not found: {path}")
-    arrays = read_npz(path, "prediction")  # BadZipFile, EOFError, zlib.error... -> DataError
-    if "semantics" in arrays:
-        return arrays["semantics"]
-    if len(arrays) == 1:
-        return next(iter(arrays.values()))
-    raise DataError(f"prediction {path} holds {sorted(arrays)}: expected 'semantics' or a single array")
-
-
 def load_prediction(path):
     """An Occ3D submission file -> uint8 (200, 200, 16) (read_semantics, label_grid)."""
     return label_grid(path, read_semantics(path), occ3d.GRID_SHAPE, occ3d.FREE, f"Occ3D classes, free = {occ3d.FREE}")
-
-
-def save_prediction(folder, token, pred):
-    os.makedirs(folder, exist_ok=True)
-    np.savez_compressed(os.path.join(folder, f"{token}.npz"), semantics=np.asarray(pred, dtype=np.uint8))
-
-
-def split_infos(args):
-    """(split, info file, its records) of a scorer's --split / --info (default split: val, or
-    mini_val when only that one exists); UsageError for an info file without samples."""
-    split = args.split or default_split(args.data_root, "val")
-    path = args.info or info_path(args.data_root, split)
-    infos = load_infos(path)
-    if not infos:
-        raise UsageError(f"info file {path} holds no samples")
-    return split, path, infos
-
-
-def check_prediction_folder(pred_dir, infos):
-    """Raises naming the samples of the split that have no <token>.npz in pred_dir; returns the
-    number of files there that are not part of the split."""
-    if not os.path.isdir(pred_dir):
-        raise FileNotFoundError(f"prediction folder not found: {pred_dir}")
-    present = {name[:-len(".npz")] for name in os.listdir(pred_dir) if name.endswith(".npz")}
-    tokens = [info["token"] for info in infos]
-    missing = [token for token in tokens if token not in present]
-    if missing:
-        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise FileNotFoundError(f"prediction folder {pred_dir} lacks {len(missing)} of the {len(tokens)} samples "
-                                f"of the split: {shown} (expected <sample_token>.npz for each)")
-    return len(present - set(tokens))
-
-
-def check_scored_folder(pred_dir, infos, info_file):
-    """check_prediction_folder for a scorer: raises for missing samples, says on stdout how many
-    files of pred_dir are not samples of `info_file` (they are not scored)."""
-    extra = check_prediction_folder(pred_dir, infos)
-    if extra:
-        print(f"note: {extra} prediction files in {pred_dir} are not samples of {info_file}; not scored")
 
 
 def folder_samples(pred_dir, infos, data_root, gt_dir=occ3d.GT_DIR):
@@ -151,21 +83,9 @@ def folder_samples(pred_dir, infos, data_root, gt_dir=occ3d.GT_DIR):
         yield {"sample_token": info["token"], "pred": pred, **gt}
 
 
-def checkpoint_model(args):
-    """(model, cfg) of --ckpt on --device, EMA weights unless --no-ema, seeded; says which on stdout.
-    Every benchmark's scorer loads its checkpoint through here, then checks cfg.data.benchmark."""
-    torch.manual_seed(0)
-    model, cfg = build_model_from_checkpoint(args.ckpt, not args.no_ema, args.device)
-    print(f"model {cfg.name} from {args.ckpt} ({'raw' if args.no_ema else 'EMA'} weights) on {args.device}")
-    return model, cfg
-
-
 def model_samples(args, path):
     """Scored-sample dicts of the checkpoint's model on the split (its GT read by the dataset)."""
-    model, cfg = checkpoint_model(args)
-    if cfg.data.benchmark != "occ3d":
-        raise UsageError(f"checkpoint {args.ckpt} ({cfg.name}) was trained for data.benchmark = "
-                         f"{cfg.data.benchmark!r}: score it with --benchmark {cfg.data.benchmark}")
+    model, cfg = checkpoint_model(args, "occ3d")
     dataset = dataset_from_config(cfg, args.data_root, path, train=False, load_gt=True)
     return predict(model, dataset, args.device, collate, args.batch_size, args.num_workers)
 
@@ -203,23 +123,6 @@ def report(metrics):
     return "\n".join(lines)
 
 
-def json_safe(value):
-    """NaN -> None recursively (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def write_metrics(path, metrics):
-    """The metrics as JSON (NaN -> null) at `path`, its folder made when missing."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(json_safe(metrics), f, indent=2)
-    print(f"metrics written to {path}")
-
-
 def main(argv=None):
     benchmark, argv = split_benchmark(argv)
     if benchmark != "occ3d":
@@ -235,14 +138,7 @@ def main(argv=None):
     metrics = score_occupancy(samples, args.mask, origins, total=len(infos), on_sample=sample_writer(args))
     metrics["split"], metrics["info_file"] = split, path
     metrics["source"] = args.pred_dir or args.ckpt
-    print(report(metrics))
-    if args.save_pred:
-        print(f"predictions written to {args.save_pred}")
-    if args.vis_dir:
-        print(f"pictures of {min(args.vis_samples, len(infos))} samples written to {args.vis_dir}")
-    if args.out:
-        write_metrics(args.out, metrics)
-    return metrics
+    return finish(args, metrics, report(metrics))
 
 
 if __name__ == "__main__":

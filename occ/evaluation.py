@@ -25,14 +25,18 @@ GT_KEYS = ("semantics", "mask_camera", "mask_lidar", "flow")  # flow: OpenOcc GT
 MASKS = {"camera": "mask_camera", "lidar": "mask_lidar", "none": None}   # the voxels mIoU counts
 
 
-def build_model_from_checkpoint(path, use_ema, device):
-    """(model in eval mode on `device`, config) from a training checkpoint."""
+HEAD_NAMES = {"occ": "an occupancy model", "detection": "a detection model"}   # model.head -> words
+
+
+def build_model_from_checkpoint(path, use_ema, device, head="occ"):
+    """(model in eval mode on `device`, config) from a training checkpoint whose model has the
+    given `head` (model.head: "occ" or "detection"); CheckpointError naming the file otherwise."""
     checkpoint = load_checkpoint(path)
     if not checkpoint.get("config"):
         raise CheckpointError(f"checkpoint {path} stores no config: cannot rebuild its model")
     cfg = config_from_dict(checkpoint["config"])
-    if cfg.model.head != "occ":
-        raise CheckpointError(f"checkpoint {path} is a '{cfg.model.head}' model ({cfg.name}), not an occupancy model")
+    if cfg.model.head != head:
+        raise CheckpointError(f"checkpoint {path} is a '{cfg.model.head}' model ({cfg.name}), not {HEAD_NAMES[head]}")
     model = build_model(cfg)
     state = model_weights(checkpoint, use_ema, path)
     try:

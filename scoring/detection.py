@@ -26,17 +26,14 @@ import torch
 from tqdm import tqdm
 
 from datasets.build import dataset_from_config
-from evaluate import write_metrics
 from datasets.nuscenes_occ import collate, load_info_file
 from datasets.prepare_nuscenes import VERSION_SPLITS, info_path, load_nuscenes
-from occ.checkpoint import CheckpointError, load_checkpoint, model_weights
-from occ.config import config_from_dict
 from occ.data import move_batch
 from occ.detection import CLASS_NAMES, DetectionGrid, decode
 from occ.errors import DataError, UsageError
 from occ.geometry import rotation_to_quaternion
 from occ.loop import evaluate_with_ema
-from occ.models import build_model
+from scoring.common import checkpoint_model, write_metrics
 
 SPLIT_VERSIONS = {split: version for version, splits in VERSION_SPLITS.items() for split in splits}
 EVAL_CONFIG = "detection_cvpr_2019"
@@ -248,23 +245,6 @@ def report(metrics):
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------- the model
-def detection_model_from_checkpoint(path, use_ema, device):
-    """(detection model in eval mode on `device`, config) from a training checkpoint."""
-    checkpoint = load_checkpoint(path)
-    if not checkpoint.get("config"):
-        raise CheckpointError(f"checkpoint {path} stores no config: cannot rebuild its model")
-    cfg = config_from_dict(checkpoint["config"])
-    if cfg.model.head != "detection":
-        raise CheckpointError(f"checkpoint {path} is a '{cfg.model.head}' model ({cfg.name}), not a detection model")
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(model_weights(checkpoint, use_ema, path))
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {path} does not match the model its config describes: {error}") from error
-    return model.to(device).eval(), cfg
-
-
 def make_detection_validate(val_set, data_root, collate_fn=collate):
     """validate(run, step) for occ.loop.fit: the EMA weights on `val_set` (test mode), scored by
     the devkit against the tables of its info file's version in `data_root`; mAP and NDS to
@@ -300,9 +280,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         path, source = args.pred_json, args.pred_json
         if args.ckpt:
-            torch.manual_seed(0)
-            model, cfg = detection_model_from_checkpoint(args.ckpt, not args.no_ema, args.device)
-            print(f"model {cfg.name} from {args.ckpt} ({'raw' if args.no_ema else 'EMA'} weights) on {args.device}")
+            model, cfg = checkpoint_model(args, head="detection")
             info = args.info or info_path(args.data_root, split)
             dataset = dataset_from_config(cfg, args.data_root, info, train=False, load_gt=False)
             results = predict_results(model, dataset, DetectionGrid.from_model_config(cfg.model), args.device,

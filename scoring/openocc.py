@@ -27,7 +27,6 @@ import numpy as np
 
 from datasets.build import dataset_from_config
 from datasets.nuscenes_occ import collate, load_occ_gt, read_npz
-from evaluate import check_scored_folder, checkpoint_model, split_infos, write_metrics
 from occ import occ3d, openocc
 from occ.checkpoint import CheckpointError
 from occ.errors import DataError
@@ -35,6 +34,7 @@ from occ.evaluation import predict
 from occ.metrics import format_table, scene_lidar_origins
 from occ.openocc_evaluation import score_openocc
 from occ.visualize import gt_vs_pred_flow_image, save_png, voxel_render
+from scoring.common import check_scored_folder, checkpoint_model, finish, split_infos
 
 FLOW_SHAPE = occ3d.GRID_SHAPE + (2,)
 
@@ -157,11 +157,4 @@ def main(argv=None):
         samples = model_samples(args, path)
     metrics = score_openocc(samples, scene_lidar_origins(infos), total=len(infos), on_sample=sample_writer(args))
     metrics.update(benchmark="openocc", split=split, info_file=path, source=args.pred_dir or args.ckpt)
-    print(report(metrics))
-    if args.save_pred:
-        print(f"predictions written to {args.save_pred}")
-    if args.vis_dir:
-        print(f"pictures of {min(args.vis_samples, len(infos))} samples written to {args.vis_dir}")
-    if args.out:
-        write_metrics(args.out, metrics)
-    return metrics
+    return finish(args, metrics, report(metrics))

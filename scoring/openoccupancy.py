@@ -21,12 +21,11 @@ import cli
 from datasets.build import dataset_from_config
 from datasets.nuscenes_occ import collate
 from datasets.openoccupancy import NUM_CLASSES, gt_path, load_openoccupancy_gt
-from evaluate import (check_scored_folder, checkpoint_model, label_grid, read_semantics, split_infos,
-                      write_metrics)
 from occ import openocc
 from occ.errors import UsageError
 from occ.metrics import format_table
 from occ.openoccupancy_evaluation import SEMANTIC_NAMES, predict_openoccupancy, score_openoccupancy
+from scoring.common import check_scored_folder, checkpoint_model, finish, label_grid, read_semantics, split_infos
 
 
 def parse_args(argv=None):
@@ -57,10 +56,10 @@ def folder_samples(pred_dir, infos, data_root):
 
 def model_samples(args, path):
     """Scored-sample dicts of the checkpoint's model on the split."""
-    model, cfg = checkpoint_model(args)
-    if cfg.data.benchmark != "openoccupancy" or cfg.model.num_classes != NUM_CLASSES:
-        raise UsageError(f"checkpoint {args.ckpt} is a {cfg.name} model (data.benchmark {cfg.data.benchmark!r}, "
-                         f"{cfg.model.num_classes} classes), not an OpenOccupancy one")
+    model, cfg = checkpoint_model(args, "openoccupancy")
+    if cfg.model.num_classes != NUM_CLASSES:
+        raise UsageError(f"checkpoint {args.ckpt} is a {cfg.name} model with {cfg.model.num_classes} classes, "
+                         f"not {NUM_CLASSES} (OpenOccupancy's)")
     dataset = dataset_from_config(cfg, args.data_root, path, train=False, load_gt=True)
     return predict_openoccupancy(model, dataset, args.device, collate, args.batch_size, args.num_workers)
 
@@ -83,10 +82,7 @@ def main(argv=None):
         samples = model_samples(args, path)
     metrics = score_openoccupancy(samples, total=len(infos))
     metrics.update(benchmark="openoccupancy", split=split, info_file=path, source=args.pred_dir or args.ckpt)
-    print(report(metrics))
-    if args.out:
-        write_metrics(args.out, metrics)
-    return metrics
+    return finish(args, metrics, report(metrics))
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ import cli
 from datasets.build import dataset_from_config, info_path
 from datasets.nuscenes_occ import collate, load_infos
 from datasets.waymo_occ import load_waymo_gt
-from evaluate import (check_scored_folder, checkpoint_model, label_grid, read_semantics, save_prediction,
-                      write_metrics)
 from occ import waymo
-from occ.errors import DataError, UsageError
+from occ.errors import DataError
 from occ.evaluation import predict, score_occupancy
 from occ.metrics import format_table
+from scoring.common import (check_scored_folder, checkpoint_model, finish, label_grid, read_semantics,
+                            save_prediction)
 
 SPLITS = ("train", "val")
 
@@ -55,10 +55,7 @@ def folder_samples(pred_dir, infos, data_root):
 
 
 def model_samples(args, path):
-    model, cfg = checkpoint_model(args)
-    if cfg.data.benchmark != "waymo":
-        raise UsageError(f"checkpoint {args.ckpt} is a {cfg.data.benchmark!r} model ({cfg.name}); "
-                         f"--benchmark waymo scores Occ3D-Waymo models (data.benchmark = 'waymo')")
+    model, cfg = checkpoint_model(args, "waymo")
     dataset = dataset_from_config(cfg, args.data_root, path, train=False, load_gt=True)
     return predict(model, dataset, args.device, collate, args.batch_size, args.num_workers)
 
@@ -92,9 +89,4 @@ def main(argv=None):
                               class_names=waymo.CLASS_NAMES)
     metrics["mask"] = "infov AND final_voxel_state"
     metrics.update(benchmark="waymo", split=args.split, info_file=path, source=args.pred_dir or args.ckpt)
-    print(report(metrics))
-    if args.save_pred:
-        print(f"predictions written to {args.save_pred}")
-    if args.out:
-        write_metrics(args.out, metrics)
-    return metrics
+    return finish(args, metrics, report(metrics))

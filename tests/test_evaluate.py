@@ -9,11 +9,14 @@ import torch
 from PIL import Image
 
 import evaluate
+from datasets.nuscenes_occ import load_infos, load_occ_gt
 from occ.checkpoint import CheckpointError, save_checkpoint
 from occ.config import get_config
 from occ.ema import EMA
+from occ.evaluation import build_model_from_checkpoint
 from occ.errors import UsageError
 from occ.geometry import make_transform
+from occ.metrics import scene_lidar_origins
 from occ.models import build_model
 
 FREE, CAR, TRUCK, DRIVEABLE, VEGETATION = 17, 4, 10, 11, 16
@@ -177,16 +180,27 @@ def test_checkpoint_errors_are_clear(tmp_path):
         evaluate.main(["--ckpt", str(truncated), "--data-root", str(tmp_path)])
 
 
+def test_a_checkpoint_is_refused_by_the_scorer_of_another_head(tmp_path):
+    """Occupancy scorers refuse a detection model and the detection scorer an occupancy model,
+    naming the file and the head, before building anything from the weights."""
+    for preset, wrong_head, words in (("bevdet_r50_tiny", "occ", "not an occupancy model"),
+                                      ("effocc_lidar_tiny", "detection", "not a detection model")):
+        path = tmp_path / f"{preset}.pt"
+        save_checkpoint(path, model={}, step=1, epoch=0, config=get_config(preset))
+        with pytest.raises(CheckpointError, match=f"{preset}.pt.*{words}"):
+            build_model_from_checkpoint(str(path), use_ema=False, device="cpu", head=wrong_head)
+
+
 def test_synthetic_world_ground_truth_scores_one(synthetic_root, tmp_path):
     """The info files of datasets/prepare_nuscenes.py and the Occ3D GT of the synthetic world, end to
     end: the GT itself, submitted as predictions, is perfect; RayIoU casts from every key frame."""
     from datasets import prepare_nuscenes
     info_path = prepare_nuscenes.prepare(synthetic_root, "v1.0-mini", out_dir=str(tmp_path))["mini_val"]
-    infos = evaluate.load_infos(info_path)
+    infos = load_infos(info_path)
     for info in infos:
-        gt = evaluate.load_occ_gt(os.path.join(synthetic_root, "gts", info["scene_name"], info["token"], "labels.npz"))
+        gt = load_occ_gt(os.path.join(synthetic_root, "gts", info["scene_name"], info["token"], "labels.npz"))
         evaluate.save_prediction(str(tmp_path / "pred"), info["token"], gt["semantics"])
-    origins = evaluate.scene_lidar_origins(infos)
+    origins = scene_lidar_origins(infos)
     assert all(len(origins[info["token"]]) == len(infos) for info in infos)  # one scene, all frames in range
     metrics = evaluate.main(["--pred-dir", str(tmp_path / "pred"), "--data-root", synthetic_root,
                              "--split", "mini_val", "--info", info_path])

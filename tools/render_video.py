@@ -126,7 +126,8 @@ def occupancy_samples(args, infos, info_file):
         return load_occ_gt(occ3d.gt_path(args.data_root, info["scene_name"], info["token"]))
 
     if args.pred_dir:
-        from evaluate import check_prediction_folder, load_prediction
+        from evaluate import load_prediction
+        from scoring.common import check_prediction_folder
         check_prediction_folder(args.pred_dir, infos)
         samples = ({**ground_truth(info),
                     "pred": load_prediction(os.path.join(args.pred_dir, f"{info['token']}.npz"))} for info in infos)
