@@ -3,7 +3,8 @@
 The benchmarks drive the scripts (train_fusion.py, train_distill.py, pretrain_occbev.py,
 evaluate.py, datasets/make_synthetic.py, datasets/prepare_nuscenes.py, datasets/prepare_occbev.py)
 only through their `main(argv)`, and otherwise import `occ/` (and `cli.budget_args`, the scripts'
-shared command-line module). Two exceptions read the dataset themselves: bench/data.py, which
+shared command-line module, and `datasets.build.default_split`, the split the scripts choose by
+default). Two exceptions read the dataset themselves: bench/data.py, which
 measures the reader, and bench/free_bias.py, which needs a model's logits rather than its labels.
 So the key frames of a split are listed here from the nuScenes tables (plain JSON) and the
 devkit's scene splits, the same scenes as the info files of datasets/prepare_nuscenes.py
@@ -22,11 +23,9 @@ import evaluate  # noqa: E402
 from datasets import make_synthetic, prepare_nuscenes  # noqa: E402  (scripts: main(argv) only)
 
 SYNTHETIC_VERSION = "v1.0-mini"
-# the nuScenes version (table folder) of each info split, and the split names tried per kind,
-# first found first (as the scripts' default --train-split / --val-split)
+# the nuScenes version (table folder) of each info split
 SPLIT_VERSIONS = {"train": "v1.0-trainval", "val": "v1.0-trainval",
                   "mini_train": "v1.0-mini", "mini_val": "v1.0-mini"}
-SPLIT_NAMES = {"train": ("train", "mini_train"), "val": ("val", "mini_val")}
 
 
 def ensure_synthetic_world(root):
@@ -37,16 +36,6 @@ def ensure_synthetic_world(root):
         print(f"generating the default synthetic world in {root} (about 4 minutes on 2 cores)")
         make_synthetic.main(["--out", root])
     prepare_nuscenes.main(["--root", root, "--version", SYNTHETIC_VERSION])
-
-
-def default_split(data_root, kind):
-    """The split the scripts use by default for `kind` "train" / "val": 'train' / 'val' when their
-    info file (DATA_ROOT/occ_infos_<split>.pkl) exists, else 'mini_train' / 'mini_val'."""
-    for split in SPLIT_NAMES[kind]:
-        if os.path.isfile(os.path.join(data_root, f"occ_infos_{split}.pkl")):
-            return split
-    raise FileNotFoundError(f"no {kind} info file in {data_root}; run datasets/prepare_nuscenes.py "
-                            f"--root {data_root} --version ...")
 
 
 def score_constant(data_root, tokens, label, grid_shape, pred_dir, benchmark="occ3d"):

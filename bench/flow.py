@@ -32,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import evaluate  # noqa: E402
 import train_fusion  # noqa: E402
-from bench.common import default_split, ensure_synthetic_world, split_samples  # noqa: E402
+from bench.common import ensure_synthetic_world, split_samples  # noqa: E402
+from datasets.build import default_split  # noqa: E402
 from occ import occ3d, openocc  # noqa: E402
 from occ.checkpoint import latest_checkpoint  # noqa: E402
 from occ.flow import MOVING_SPEED, moving_voxels  # noqa: E402
@@ -118,12 +119,15 @@ def main():
     def zero_flow(sample):
         return np.zeros(occ3d.GRID_SHAPE + (2,), dtype=np.float32)
 
-    def gt_labels(sample):
+    def gt_array(sample, key):  # one array of the GT file (an npz reads only what is asked)
         with np.load(occ3d.gt_path(args.data_root, sample["scene_name"], sample["token"], openocc.GT_DIR)) as gt:
-            return gt["semantics"].astype(np.uint8), gt["flow"]
+            return gt[key]
 
     def gt_semantics(sample):
-        return gt_labels(sample)[0]
+        return gt_array(sample, "semantics").astype(np.uint8)
+
+    def gt_labels(sample):
+        return gt_semantics(sample), gt_array(sample, "flow")
 
     for name, semantics_of, flow_of, folder in (
             ("own occupancy, zero flow", own_semantics, zero_flow, "pred_model_zero_flow"),

@@ -16,8 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import default_split  # noqa: E402
-from datasets.build import dataset_from_config, info_path  # noqa: E402
+from datasets.build import dataset_from_config, default_split, info_path  # noqa: E402
 from datasets.nuscenes_occ import collate  # noqa: E402
 from occ import occ3d  # noqa: E402
 from occ.evaluation import build_model_from_checkpoint  # noqa: E402
