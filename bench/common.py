@@ -14,13 +14,16 @@ name, then timestamp), without reading the info files.
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import evaluate  # noqa: E402
+import train_fusion  # noqa: E402
 from datasets import make_synthetic, prepare_nuscenes  # noqa: E402  (scripts: main(argv) only)
+from occ.checkpoint import latest_checkpoint  # noqa: E402
 
 SYNTHETIC_VERSION = "v1.0-mini"
 # the nuScenes version (table folder) of each info split
@@ -68,3 +71,26 @@ def split_samples(data_root, split):
     samples.sort(key=lambda sample: (scenes[sample["scene_token"]], sample["timestamp"]))
     return [{"token": sample["token"], "scene_token": sample["scene_token"],
              "scene_name": scenes[sample["scene_token"]]} for sample in samples]
+
+
+def train_and_score(models, selected, data_root, work_root, train_args, score_args, results):
+    """Trains each (modality, preset) of `models` whose modality is in `selected` with
+    train_fusion.py (--config PRESET --data-root DATA_ROOT --work-dir WORK_ROOT/PRESET --no-val,
+    plus `train_args`, which hold the budget) and scores its last checkpoint with evaluate.py
+    (`score_args` plus --data-root, --ckpt and --out WORK_DIR/metrics.json). Adds {"modality
+    (preset)": metrics} to `results`; returns ({modality: optimizer steps}, {modality: minutes})."""
+    steps, minutes = {}, {}
+    for modality, preset in models:
+        if modality not in selected:
+            continue
+        work_dir = os.path.join(work_root, preset)
+        print(f"\n=== {modality}: {preset}, {' '.join(train_args)} ===", flush=True)
+        started = time.perf_counter()
+        position = train_fusion.main(["--config", preset, "--data-root", data_root, "--work-dir", work_dir,
+                                      "--no-val", *train_args])
+        minutes[modality] = (time.perf_counter() - started) / 60
+        steps[modality] = position.step
+        results[f"{modality} ({preset})"] = evaluate.main([*score_args, "--data-root", data_root, "--ckpt",
+                                                          str(latest_checkpoint(work_dir)),
+                                                          "--out", os.path.join(work_dir, "metrics.json")])
+    return steps, minutes

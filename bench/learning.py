@@ -17,20 +17,16 @@ format) and scored by evaluate.py --pred-dir.
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import evaluate  # noqa: E402
-import train_fusion  # noqa: E402
-from bench.common import ensure_synthetic_world, score_constant, split_samples  # noqa: E402
+from bench.common import ensure_synthetic_world, score_constant, split_samples, train_and_score  # noqa: E402
 from datasets.build import default_split  # noqa: E402
 from cli import budget_args  # noqa: E402
 from occ import occ3d  # noqa: E402
-from occ.checkpoint import latest_checkpoint  # noqa: E402
 from occ.metrics import format_table  # noqa: E402
 
 MODELS = [("fusion", "effocc_fusion_r18_tiny"), ("lidar", "effocc_lidar_tiny"), ("camera", "flashocc_r50_tiny")]
@@ -72,22 +68,9 @@ def main():
             args.data_root, [s["token"] for s in val_samples], majority, occ3d.GRID_SHAPE,
             os.path.join(args.work_dir, "floor_majority")),
     }
-    steps, minutes = {}, {}
-    for modality, preset in MODELS:
-        if modality not in args.models:
-            continue
-        work_dir = os.path.join(args.work_dir, preset)
-        budget = f"{args.steps} steps" if args.steps else f"{args.minutes} minutes"
-        print(f"\n=== {modality}: {preset}, {budget} ===", flush=True)
-        started = time.perf_counter()
-        position = train_fusion.main(["--config", preset, "--data-root", args.data_root, "--work-dir", work_dir,
-                                      *budget_args(args.steps, args.minutes), "--no-val",
-                                      "--set", f"train.lr={args.lr}"])
-        minutes[modality] = (time.perf_counter() - started) / 60
-        steps[modality] = position.step
-        checkpoint = str(latest_checkpoint(work_dir))
-        results[f"{modality} ({preset})"] = evaluate.main(["--ckpt", checkpoint, "--data-root", args.data_root,
-                                                            "--out", os.path.join(work_dir, "metrics.json")])
+    steps, minutes = train_and_score(MODELS, args.models, args.data_root, args.work_dir,
+                                     [*budget_args(args.steps, args.minutes), "--set", f"train.lr={args.lr}"],
+                                     [], results)
 
     names = occ3d.CLASS_NAMES[:occ3d.FREE]
     columns = {key.split(" ")[0]: [m["per_class"][n]["iou"] for n in names] for key, m in results.items()}

@@ -19,20 +19,16 @@ import argparse
 import glob
 import os
 import sys
-import time
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import evaluate  # noqa: E402
-import train_fusion  # noqa: E402
-from bench.common import score_constant  # noqa: E402
+from bench.common import score_constant, train_and_score  # noqa: E402
 from cli import budget_args  # noqa: E402
 from datasets import make_synthetic, prepare_waymo  # noqa: E402  (scripts: main(argv) only)
 from occ import waymo  # noqa: E402
-from occ.checkpoint import latest_checkpoint  # noqa: E402
 from occ.metrics import format_table  # noqa: E402
 
 MODELS = [("fusion", "effocc_waymo_fusion_r18_tiny"), ("lidar", "effocc_waymo_lidar_tiny")]
@@ -85,22 +81,9 @@ def main():
             args.data_root, val_tokens, majority, waymo.GRID_SHAPE, os.path.join(args.work_dir, "floor_majority"),
             "waymo"),
     }
-    steps, minutes = {}, {}
-    for modality, preset in MODELS:
-        if modality not in args.models:
-            continue
-        work_dir = os.path.join(args.work_dir, preset)
-        print(f"\n=== {modality}: {preset}, {args.steps} steps, every {args.frames_every}th frame ===", flush=True)
-        started = time.perf_counter()
-        position = train_fusion.main(["--config", preset, "--data-root", args.data_root, "--work-dir", work_dir,
-                                      *budget_args(args.steps, None), "--no-val",
-                                      "--frames-every", str(args.frames_every)])
-        minutes[modality] = (time.perf_counter() - started) / 60
-        steps[modality] = position.step
-        checkpoint = str(latest_checkpoint(work_dir))
-        results[f"{modality} ({preset})"] = evaluate.main(["--benchmark", "waymo", "--ckpt", checkpoint,
-                                                            "--data-root", args.data_root,
-                                                            "--out", os.path.join(work_dir, "metrics.json")])
+    steps, minutes = train_and_score(MODELS, args.models, args.data_root, args.work_dir,
+                                     [*budget_args(args.steps, None), "--frames-every", str(args.frames_every)],
+                                     ["--benchmark", "waymo"], results)
 
     names = waymo.CLASS_NAMES[:waymo.FREE]
     columns = {key.split(" ")[0]: [m["per_class"][n]["iou"] for n in names] for key, m in results.items()}

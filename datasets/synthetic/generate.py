@@ -257,22 +257,28 @@ def generate(options, progress=True):
                   [f"samples/{c}" for c in C.CAMERAS]:
         os.makedirs(os.path.join(out, folder), exist_ok=True)
     tasks = [(options, i, k) for i in range(options.scenes) for k in range(options.samples_per_scene)]
+    write_tables(options, run_tasks(keyframe_task, tasks, options.workers, "synthetic key frames", progress))
+
+
+def run_tasks(task_fn, tasks, workers, desc, progress=True):
+    """[task_fn(task) for task in tasks], in order, in a pool of `workers` forked processes (in this
+    process when 1), with a progress bar of frames."""
     results = []
-    bar = tqdm(total=len(tasks), desc="synthetic key frames", unit="frame", disable=not progress)
+    bar = tqdm(total=len(tasks), desc=desc, unit="frame", disable=not progress)
     # One BLAS thread per process: the (640k x 3) @ (3 x 3) products gain nothing from more, and
     # idle BLAS threads spinning beside the worker processes doubled the CPU time.
     with threadpool_limits(limits=1, user_api="blas"):
-        if options.workers > 1:
-            with multiprocessing.get_context("fork").Pool(options.workers) as pool:
-                for result in pool.imap(keyframe_task, tasks):
+        if workers > 1:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for result in pool.imap(task_fn, tasks):
                     results.append(result)
                     bar.update()
         else:
             for task in tasks:
-                results.append(keyframe_task(task))
+                results.append(task_fn(task))
                 bar.update()
     bar.close()
-    write_tables(options, results)
+    return results
 
 
 def _link(rows, key):

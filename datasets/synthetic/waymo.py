@@ -26,7 +26,6 @@ camera.py, occupancy.py); only the rig, the classes and the files differ (docs/d
     order; plus training/pose/<image_idx:07d>.txt (4x4 vehicle -> global).
 """
 import math
-import multiprocessing
 import os
 import pickle
 from dataclasses import dataclass
@@ -34,11 +33,9 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image
-from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
 from datasets.synthetic import camera, catalog as C, lidar, occupancy, world as W
-from datasets.synthetic.generate import JPEG_QUALITY, ego_to_global, scene_sun
+from datasets.synthetic.generate import JPEG_QUALITY, ego_to_global, run_tasks, scene_sun
 from datasets.synthetic.world import Parts, World
 from occ import occ3d, waymo
 
@@ -253,19 +250,7 @@ def generate_waymo(options, progress=True):
         os.makedirs(os.path.join(out, folder), exist_ok=True)
     tasks = [(options, i, split, scene, f) for i, (split, scene) in enumerate(scene_splits(options.scenes))
              for f in range(options.frames_per_scene)]
-    results = []
-    bar = tqdm(total=len(tasks), desc="synthetic Waymo frames", unit="frame", disable=not progress)
-    with threadpool_limits(limits=1, user_api="blas"):
-        if options.workers > 1:
-            with multiprocessing.get_context("fork").Pool(options.workers) as pool:
-                for result in pool.imap(frame_task, tasks):
-                    results.append(result)
-                    bar.update()
-        else:
-            for task in tasks:
-                results.append(frame_task(task))
-                bar.update()
-    bar.close()
+    results = run_tasks(frame_task, tasks, options.workers, "synthetic Waymo frames", progress)
     infos = {"train": [], "val": []}
     poses = {"train": {}, "val": {}}
     for split, scene, frame, record, cam_poses in results:
