@@ -298,7 +298,21 @@ def make_tiny(cfg):
         m.head_hidden = 32
     # minutes of CPU training, not 24-48 epochs: a higher rate, short warm-up and EMA ramp
     cfg.train.lr, cfg.train.warmup_iters, cfg.train.ema_ramp, cfg.train.log_interval = 1e-3, 20, 200, 10
+    if m.modality == "camera":
+        camera_from_scratch_levers(cfg)
     return cfg
+
+
+def camera_from_scratch_levers(cfg):
+    """What moves a randomly initialised camera-only model past the ground-only stage within minutes
+    of a CPU (docs/training.md#camera-only-tiny-presets): depth supervision from the LiDAR, 8 height
+    bins and mean pooling in the camera BEV, no augmentation (the tiny models underfit), and for an
+    occupancy model trained on labels alone the four class-balanced losses."""
+    d, m = cfg.data, cfg.model
+    m.depth_loss_weight, m.camera_height_bins, m.camera_bev_pooling = 3.0, 8, "mean"
+    d.resize_jitter, d.rotate_deg, d.flip_prob, d.bev_flip = (0.0, 0.0), (0.0, 0.0), 0.0, False
+    if m.head == "occ" and cfg.distill.teacher is None:  # the distilled student keeps DistillOcc's CE
+        cfg.train.loss = "four"
 
 
 PRESETS = {fn.__name__: fn for fn in (effocc_fusion_r18, effocc_fusion_r50, effocc_fusion_swinb, flashocc_r50,

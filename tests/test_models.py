@@ -68,6 +68,26 @@ def test_occbev_decoder_is_about_43k_parameters():
     assert 42_000 < count(build_on_meta("occbev_pretrain").head) < 44_000
 
 
+# the figures of docs/architecture.md#tiny-presets
+TINY_PARAMETERS = {"effocc_fusion_r18_tiny": 11_760_816, "effocc_fusion_r50_tiny": 24_264_368,
+                   "effocc_fusion_swinb_tiny": 29_750_122, "effocc_lidar_tiny": 300_296,
+                   "flashocc_r50_tiny": 24_380_072, "distillocc_r50_tiny": 24_410_888,
+                   "occbev_pretrain_tiny": 24_352_362, "bevdet_r50_tiny": 24_418_847, "occbev_det_r50_tiny": 24_420_732}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_PARAMETERS))
+def test_tiny_preset_parameter_counts_are_the_documented_ones(name):
+    assert count(build_on_meta(name)) == TINY_PARAMETERS[name]
+
+
+def test_camera_tiny_presets_carry_eight_height_bins_into_the_bev_encoder():
+    """flashocc_r50_tiny differs from its one-height-bin version exactly by the BEV encoder's two
+    convolutions that read the camera BEV (first block and its shortcut, 3 x 3, 32 out): (128 - 16) x 32 x 9 each."""
+    with torch.device("meta"):
+        one_bin = build_model(apply_overrides(get_config("flashocc_r50_tiny"), ["model.camera_height_bins=1"]))
+    assert TINY_PARAMETERS["flashocc_r50_tiny"] - count(one_bin) == 2 * (16 * 8 - 16) * 32 * 9
+
+
 # ------------------------------------------------------------------------ shapes of full presets
 @pytest.mark.parametrize("name", FULL_PRESETS)
 def test_full_preset_shapes(name):
