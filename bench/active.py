@@ -39,8 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import active_select  # noqa: E402
 import evaluate  # noqa: E402
 import train_fusion  # noqa: E402
-from bench.common import ensure_synthetic_world, split_samples  # noqa: E402
-from datasets.build import default_split  # noqa: E402
+from bench.common import split_samples  # noqa: E402
+from datasets.build import default_split, ensure_synthetic_world  # noqa: E402
 from occ import occ3d  # noqa: E402
 from occ.checkpoint import latest_checkpoint  # noqa: E402
 

@@ -1,10 +1,10 @@
-"""What the benchmarks share: the synthetic world they run on, and the key frames of its splits.
+"""What the benchmarks share: the key frames of a split, trivial predictors, training and scoring.
 
 The benchmarks drive the scripts (train_fusion.py, train_distill.py, pretrain_occbev.py,
 evaluate.py, datasets/make_synthetic.py, datasets/prepare_nuscenes.py, datasets/prepare_occbev.py)
 only through their `main(argv)`, and otherwise import `occ/` (and `cli.budget_args`, the scripts'
-shared command-line module, and `datasets.build.default_split`, the split the scripts choose by
-default). Two exceptions read the dataset themselves: bench/data.py, which
+shared command-line module, and `datasets.build`'s `default_split`, the split the scripts choose
+by default, and `ensure_synthetic_world`, the default world the demo and the benchmarks run on). Two exceptions read the dataset themselves: bench/data.py, which
 measures the reader, and bench/free_bias.py, which needs a model's logits rather than its labels.
 So the key frames of a split are listed here from the nuScenes tables (plain JSON) and the
 devkit's scene splits, the same scenes as the info files of datasets/prepare_nuscenes.py
@@ -22,23 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import evaluate  # noqa: E402
 import train_fusion  # noqa: E402
-from datasets import make_synthetic, prepare_nuscenes  # noqa: E402  (scripts: main(argv) only)
 from occ.checkpoint import latest_checkpoint  # noqa: E402
 
-SYNTHETIC_VERSION = "v1.0-mini"
 # the nuScenes version (table folder) of each info split
 SPLIT_VERSIONS = {"train": "v1.0-trainval", "val": "v1.0-trainval",
                   "mini_train": "v1.0-mini", "mini_val": "v1.0-mini"}
-
-
-def ensure_synthetic_world(root):
-    """The default synthetic world (datasets/make_synthetic.py defaults) in `root`, generated when
-    its tables are absent, with its info files (datasets/prepare_nuscenes.py; cheap when they are
-    up to date)."""
-    if not os.path.isdir(os.path.join(root, SYNTHETIC_VERSION)):
-        print(f"generating the default synthetic world in {root} (about 4 minutes on 2 cores)")
-        make_synthetic.main(["--out", root])
-    prepare_nuscenes.main(["--root", root, "--version", SYNTHETIC_VERSION])
 
 
 def score_constant(data_root, tokens, label, grid_shape, pred_dir, benchmark="occ3d"):

@@ -6,7 +6,7 @@ holds on a busy shared machine, where samples/s does not).
     python bench/data.py [--data-root data/synthetic] [--samples 24] [--workers 0 1 2]
 
 With the default data root, data/synthetic (ignored by git), the default synthetic world is
-generated there on the first run (bench/common.ensure_synthetic_world, shared with the other
+generated there on the first run (datasets.build.ensure_synthetic_world, shared with the other
 benchmarks). Another root needs its info file (--info).
 
 The one benchmark that imports dataset code: it measures the dataset reader itself
@@ -22,7 +22,7 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from bench.common import ensure_synthetic_world  # noqa: E402
+from datasets.build import ensure_synthetic_world  # noqa: E402
 from datasets.nuscenes_occ import NuScenesOccDataset, collate  # noqa: E402  (what this benchmark measures)
 
 

@@ -32,8 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import evaluate  # noqa: E402
 import train_fusion  # noqa: E402
-from bench.common import ensure_synthetic_world, split_samples  # noqa: E402
-from datasets.build import default_split  # noqa: E402
+from bench.common import split_samples  # noqa: E402
+from datasets.build import default_split, ensure_synthetic_world  # noqa: E402
 from occ import occ3d, openocc  # noqa: E402
 from occ.checkpoint import latest_checkpoint  # noqa: E402
 from occ.flow import MOVING_SPEED, moving_voxels  # noqa: E402

@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import ensure_synthetic_world, score_constant, split_samples, train_and_score  # noqa: E402
-from datasets.build import default_split  # noqa: E402
+from bench.common import score_constant, split_samples, train_and_score  # noqa: E402
+from datasets.build import default_split, ensure_synthetic_world  # noqa: E402
 from cli import budget_args  # noqa: E402
 from occ import occ3d  # noqa: E402
 from occ.metrics import format_table  # noqa: E402
