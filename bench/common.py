@@ -3,9 +3,10 @@
 The benchmarks drive the scripts (train_fusion.py, train_distill.py, pretrain_occbev.py,
 evaluate.py, datasets/make_synthetic.py, datasets/prepare_nuscenes.py, datasets/prepare_occbev.py)
 only through their `main(argv)`, and otherwise import `occ/` (and `cli.budget_args`, the scripts'
-shared command-line module, and `datasets.build`'s `default_split`, the split the scripts choose
-by default, and `ensure_synthetic_world`, the default world the demo and the benchmarks run on). Two exceptions read the dataset themselves: bench/data.py, which
-measures the reader, and bench/free_bias.py, which needs a model's logits rather than its labels.
+shared command-line module, and from `datasets.build` `default_split`, the split the scripts
+choose by default, and `ensure_synthetic_world`, the default world the demo and the benchmarks run
+on). Two exceptions read the dataset themselves: bench/data.py, which measures the reader, and
+bench/free_bias.py, which needs a model's logits rather than its labels.
 So the key frames of a split are listed here from the nuScenes tables (plain JSON) and the
 devkit's scene splits, the same scenes as the info files of datasets/prepare_nuscenes.py
 (which assigns scenes with `nuscenes.utils.splits.create_splits_scenes`), in the same order (scene

@@ -119,15 +119,16 @@ def main():
     def zero_flow(sample):
         return np.zeros(occ3d.GRID_SHAPE + (2,), dtype=np.float32)
 
-    def gt_array(sample, key):  # one array of the GT file (an npz reads only what is asked)
+    def gt_arrays(sample, *keys):  # these arrays of the GT file, in one read (an npz reads only what is asked)
         with np.load(occ3d.gt_path(args.data_root, sample["scene_name"], sample["token"], openocc.GT_DIR)) as gt:
-            return gt[key]
+            return [gt[key] for key in keys]
 
     def gt_semantics(sample):
-        return gt_array(sample, "semantics").astype(np.uint8)
+        return gt_arrays(sample, "semantics")[0].astype(np.uint8)
 
     def gt_labels(sample):
-        return gt_semantics(sample), gt_array(sample, "flow")
+        semantics, flow = gt_arrays(sample, "semantics", "flow")
+        return semantics.astype(np.uint8), flow
 
     for name, semantics_of, flow_of, folder in (
             ("own occupancy, zero flow", own_semantics, zero_flow, "pred_model_zero_flow"),

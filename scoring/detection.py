@@ -33,7 +33,7 @@ from occ.detection import CLASS_NAMES, DetectionGrid, decode
 from occ.errors import DataError, UsageError
 from occ.geometry import rotation_to_quaternion
 from occ.loop import evaluate_with_ema
-from scoring.common import checkpoint_model, write_metrics
+from scoring.common import checkpoint_model, finish
 
 SPLIT_VERSIONS = {split: version for version, splits in VERSION_SPLITS.items() for split in splits}
 EVAL_CONFIG = "detection_cvpr_2019"
@@ -292,7 +292,4 @@ def main(argv=None):
         metrics = score_results(path, nusc, split)
     metrics.update(num_samples=len(split_sample_tokens(nusc, split)), split=split, source=source,
                    eval_config=EVAL_CONFIG)
-    print(report(metrics))
-    if args.out:
-        write_metrics(args.out, metrics)
-    return metrics
+    return finish(args, metrics, report(metrics))
