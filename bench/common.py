@@ -23,7 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import evaluate  # noqa: E402
 import train_fusion  # noqa: E402
-from occ.checkpoint import latest_checkpoint  # noqa: E402
+from cli import budget_args  # noqa: E402
+from occ.checkpoint import CHECKPOINT_NAME, latest_checkpoint  # noqa: E402
 
 # the nuScenes version (table folder) of each info split
 SPLIT_VERSIONS = {"train": "v1.0-trainval", "val": "v1.0-trainval",
@@ -83,3 +84,43 @@ def train_and_score(models, selected, data_root, work_root, train_args, score_ar
                                                           str(latest_checkpoint(work_dir)),
                                                           "--out", os.path.join(work_dir, "metrics.json")])
     return steps, minutes
+
+
+def train_once(script, work_dir, argv, steps=None, minutes=None):
+    """One training run of a benchmark, trained at most once, so that a benchmark stopped half-way
+    (an interruption, the end of a session) goes on where it stopped when run again. Trains
+    `script.main` (train_fusion.py, train_distill.py or pretrain_occbev.py) into `work_dir` with
+    `argv` plus the budget (--max-steps `steps`, else --max-minutes `minutes`). A run that already
+    reached `steps` is not trained again; one that stopped before is continued with --resume. A
+    --max-minutes run cannot be continued to the same budget, so a work dir with checkpoints is
+    refused then. Returns (last checkpoint, its step, minutes trained now, None if none)."""
+    latest = latest_checkpoint(work_dir)
+    if latest is not None:
+        step = int(CHECKPOINT_NAME.match(latest.name).group(1))
+        if steps is None:
+            sys.exit(f"error: {work_dir} holds checkpoints (latest {latest.name}) of an earlier run with a minutes "
+                     f"budget, which cannot be continued to the same budget; remove the folder or give a step budget")
+        if step >= steps:
+            print(f"{work_dir}: trained already ({latest.name}), not trained again", flush=True)
+            return latest, step, None
+        print(f"{work_dir}: continuing from {latest.name} to step {steps}", flush=True)
+    started = time.perf_counter()
+    position = script.main(["--work-dir", work_dir, *budget_args(steps, minutes),
+                            *(["--resume"] if latest is not None else []), *argv])
+    return latest_checkpoint(work_dir), position.step, (time.perf_counter() - started) / 60
+
+
+def score_once(checkpoint, argv):
+    """evaluate.main(--ckpt checkpoint + argv), written next to the checkpoint (step_N.metrics.json),
+    or what an earlier call wrote there (the metrics belong to that checkpoint and those argv)."""
+    out_path = str(checkpoint)[:-len(".pt")] + ".metrics.json"
+    if os.path.isfile(out_path):
+        with open(out_path) as f:
+            return json.load(f)
+    return evaluate.main(["--ckpt", str(checkpoint), *argv, "--out", out_path])
+
+
+def mean_and_spread(values):
+    """(mean, population standard deviation, min, max) of a list of numbers."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(values.std()), float(values.min()), float(values.max())

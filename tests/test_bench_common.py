@@ -1,0 +1,57 @@
+"""bench/common.py's run bookkeeping: a benchmark stopped half-way goes on where it stopped."""
+import json
+import types
+
+import pytest
+
+from bench.common import mean_and_spread, score_once, train_once
+
+
+def fake_script(calls):
+    """A stand-in for train_fusion / train_distill / pretrain_occbev: records its argv and writes
+    the checkpoint of the step its --max-steps asks for."""
+    def main(argv):
+        calls.append(argv)
+        work_dir = argv[argv.index("--work-dir") + 1]
+        step = int(argv[argv.index("--max-steps") + 1])
+        with open(f"{work_dir}/step_{step:08d}.pt", "w") as f:
+            f.write("checkpoint")
+        return types.SimpleNamespace(step=step)
+    return types.SimpleNamespace(main=main)
+
+
+def test_a_fresh_run_is_trained_without_resume(tmp_path):
+    calls = []
+    work_dir = tmp_path / "run"
+    work_dir.mkdir()
+    checkpoint, step, minutes = train_once(fake_script(calls), str(work_dir), ["--config", "x"], steps=4)
+    assert calls == [["--work-dir", str(work_dir), "--max-steps", "4", "--config", "x"]]
+    assert (checkpoint.name, step) == ("step_00000004.pt", 4) and minutes is not None
+
+
+def test_a_stopped_run_is_continued_and_a_finished_one_read_back(tmp_path):
+    calls = []
+    (tmp_path / "step_00000002.pt").write_text("checkpoint")
+    checkpoint, step, _ = train_once(fake_script(calls), str(tmp_path), [], steps=5)
+    assert calls[0][:4] == ["--work-dir", str(tmp_path), "--max-steps", "5"] and "--resume" in calls[0]
+    assert (checkpoint.name, step) == ("step_00000005.pt", 5)
+    checkpoint, step, minutes = train_once(fake_script(calls), str(tmp_path), [], steps=5)
+    assert len(calls) == 1 and (checkpoint.name, step, minutes) == ("step_00000005.pt", 5, None)
+
+
+def test_a_minutes_run_with_checkpoints_is_refused(tmp_path):
+    (tmp_path / "step_00000002.pt").write_text("checkpoint")
+    with pytest.raises(SystemExit, match="minutes budget"):
+        train_once(fake_script([]), str(tmp_path), [], minutes=3.0)
+
+
+def test_scores_are_read_back_from_next_to_their_checkpoint(tmp_path):
+    checkpoint = tmp_path / "step_00000005.pt"
+    (tmp_path / "step_00000005.metrics.json").write_text(json.dumps({"miou": 0.25}))
+    assert score_once(checkpoint, ["--data-root", "nowhere"]) == {"miou": 0.25}
+
+
+def test_mean_and_spread_on_hand_made_values():
+    mean, std, low, high = mean_and_spread([1.0, 2.0, 6.0])
+    assert (mean, low, high) == (3.0, 1.0, 6.0)
+    assert std == pytest.approx((14 / 3) ** 0.5)  # population std: ((2^2 + 1^2 + 3^2) / 3) ** 0.5
