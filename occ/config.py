@@ -67,6 +67,7 @@ class ModelConfig:
     depth_loss_weight: float = 0.0  # > 0: BEVDepth-style depth supervision from LiDAR (camera branch)
     camera_height_bins: int = 1  # z bins of the camera BEV, stacked into channels (published: 1)
     camera_bev_pooling: str = "sum"  # "sum" of a cell's frustum points (published) or their "mean"
+    camera_depth_convs: int = 0  # 3x3 conv+BN+ReLU layers before a camera-only 1x1 depth net (published: 0)
     # LiDAR branch
     voxel_size: Tuple[float, float, float] = (0.05, 0.05, 0.16)
     max_points_per_voxel: int = 10
@@ -357,6 +358,9 @@ def finalize(cfg):
         raise UsageError(f"model.depth_loss_weight = {m.depth_loss_weight} needs a camera branch and a value >= 0")
     if m.camera_height_bins < 1:
         raise UsageError(f"model.camera_height_bins must be >= 1, got {m.camera_height_bins}")
+    if m.camera_depth_convs < 0 or (m.camera_depth_convs > 0 and m.modality == "fusion" and m.use_lidar_depth):
+        raise UsageError(f"model.camera_depth_convs = {m.camera_depth_convs} must be >= 0, and 0 with LiDAR-depth "
+                         f"input (whose depth net has its own two 3x3 convs)")
     if m.camera_bev_pooling not in BEV_POOLINGS:
         raise UsageError(f"model.camera_bev_pooling must be one of {BEV_POOLINGS}, got {m.camera_bev_pooling!r}")
     cfg.data.load_depth = (m.modality == "fusion" and m.use_lidar_depth) or m.depth_loss_weight > 0

@@ -1,5 +1,6 @@
 """Levers that help camera models learn: depth supervision (model.depth_loss_weight,
-occ.losses.depth_loss) and height bins of the camera BEV (model.camera_height_bins)."""
+occ.losses.depth_loss), height bins and mean pooling of the camera BEV (model.camera_height_bins,
+model.camera_bev_pooling) and a deeper camera depth net (model.camera_depth_convs)."""
 import math
 
 import pytest
@@ -180,6 +181,26 @@ def test_mean_pooling_divides_each_cell_by_its_number_of_frustum_points():
     assert not torch.allclose(outputs["mean"], outputs["sum"])
     with pytest.raises(UsageError, match="camera_bev_pooling"):
         camera_r18("model.camera_bev_pooling=max")
+
+
+def test_depth_convs_put_3x3_layers_before_the_camera_depth_net_and_nothing_else():
+    plain, deep = build_model(camera_r18()), build_model(camera_r18("model.camera_depth_convs=2"))
+    channels = plain.img_neck.out_channels
+    assert isinstance(plain.view_transformer.depth_net, torch.nn.Conv2d)   # published: one 1x1 conv
+    per_layer = 9 * channels * channels + channels + 2 * channels          # 3x3 conv with bias, BN weight + bias
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    assert count(deep) - count(plain) == 2 * per_layer
+    assert count(deep.view_transformer.depth_net[-1]) == count(plain.view_transformer.depth_net)
+    batch = example_batch(camera_r18("model.camera_depth_convs=2"))
+    with torch.no_grad():
+        img_feat = deep.eval().img_neck(deep.img_backbone(batch["images"].flatten(0, 1)))
+        depth, context = deep.view_transformer.lift(img_feat, None, 1)
+    assert depth.shape == (1, 6, 88, 16, 44) and context.shape == (1, 6, 16, 44, 16)
+    assert torch.allclose(depth.sum(dim=2), torch.ones(1, 6, 16, 44))
+    with pytest.raises(UsageError, match="camera_depth_convs"):
+        apply_overrides(get_config("effocc_fusion_r18_tiny"), ["model.camera_depth_convs=2"])
+    with pytest.raises(UsageError, match="camera_depth_convs"):
+        camera_r18("model.camera_depth_convs=-1")
 
 
 def test_onnx_graph_of_a_height_binned_mean_pooled_model_matches_the_model():

@@ -87,7 +87,8 @@ def build_camera_branch(cfg):
     view_transformer = LSSViewTransformer(neck.out_channels, m.context_channels, cfg.data.image_size, m.downsample,
                                           m.depth_bins, m.point_cloud_range, m.occ_voxel_size,
                                           use_lidar_depth=m.modality == "fusion" and m.use_lidar_depth,
-                                          height_bins=m.camera_height_bins, pooling=m.camera_bev_pooling)
+                                          height_bins=m.camera_height_bins, pooling=m.camera_bev_pooling,
+                                          depth_convs=m.camera_depth_convs)
     return backbone, neck, view_transformer
 
 

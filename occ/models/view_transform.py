@@ -52,10 +52,12 @@ class LSSViewTransformer(nn.Module):
     channel c * height_bins + z. `pooling` "sum" (published) adds the depth-weighted context of every
     frustum point of a cell; "mean" divides that sum by the cell's number of frustum points, so that
     near cells (thousands of points) and far ones (a few) have features of the same scale.
+    Without LiDAR-depth input the depth net is a 1x1 conv (published), after `depth_convs` 3x3
+    conv+BN+ReLU layers at the input width when > 0 (the LiDAR-depth net's two, without the LiDAR).
     """
 
     def __init__(self, in_channels, context_channels, image_size, downsample, depth_bins, pc_range, bev_voxel,
-                 use_lidar_depth, height_bins=1, pooling="sum"):
+                 use_lidar_depth, height_bins=1, pooling="sum", depth_convs=0):
         super().__init__()
         if pooling not in ("sum", "mean"):
             raise ValueError(f"pooling must be 'sum' or 'mean', got {pooling!r}")
@@ -72,8 +74,11 @@ class LSSViewTransformer(nn.Module):
         self.use_lidar_depth = use_lidar_depth
         if use_lidar_depth:
             self.depth_net = LidarDepthNet(in_channels, self.num_depth, context_channels, downsample)
-        else:
+        elif depth_convs == 0:
             self.depth_net = nn.Conv2d(in_channels, self.num_depth + context_channels, 1)
+        else:
+            convs = [layer for _ in range(depth_convs) for layer in conv_bias_bn_relu(in_channels, in_channels, 3)]
+            self.depth_net = nn.Sequential(*convs, nn.Conv2d(in_channels, self.num_depth + context_channels, 1))
         lower = torch.tensor(pc_range[:3], dtype=torch.float32)
         size = torch.tensor([bev_voxel, bev_voxel, (pc_range[5] - pc_range[2]) / height_bins], dtype=torch.float32)
         self.register_buffer("grid_lower", lower, persistent=False)
