@@ -15,7 +15,8 @@ The labelled scenes are the seeded sample of docs/training.md#label-efficiency (
 use the student's architecture (flashocc_r50_tiny with a 64-channel BEV output, as
 distillocc_r50_tiny); --camera-set changes the camera models of runs 2-4 alike (e.g. the camera
 branch of effocc_fusion_r18_tiny: model.backbone=resnet18 model.backbone_stages=[2,3,4]
-model.downsample=8 model.bev_encoder=second). Each run is scored with evaluate.py (EMA weights,
+model.downsample=8 model.bev_encoder=second). With --steps a cosine decay (of the camera presets) ends with the
+run (train.cosine_steps). Each run is scored with evaluate.py (EMA weights,
 camera mask, validation split, no RayIoU); the script prints the per-class IoU, one line per run
 and, over the seeds, the mean, standard deviation and range of each kind of run.
 
@@ -71,7 +72,8 @@ def seed_round(args, seed, train_infos, labelled):
     """The runs of one seed (module docstring, 1-4); returns [(name, labels, samples, steps, metrics)]."""
     num_labelled, num_samples = sum(info["scene_token"] in labelled for info in train_infos), len(train_infos)
     fraction, seed_dir = str(args.labelled_fraction), os.path.join(args.work_dir, f"seed{seed}")
-    common = ["--data-root", args.data_root, "--no-val", "--set", f"train.lr={args.lr}", f"train.seed={seed}"]
+    common = ["--data-root", args.data_root, "--no-val", "--set", f"train.lr={args.lr}", f"train.seed={seed}",
+              *([f"train.cosine_steps={args.steps}"] if args.steps else [])]  # a cosine ends with the run
     camera = [*common, *args.camera_set]
     runs = []
 

@@ -20,8 +20,9 @@ few labels?
    One pre-training serves every seed.
 3. Scores each with evaluate.py (EMA weights, camera mask) and prints mIoU and geometry IoU per
    seed, their mean and standard deviation.
-Both stages use --lr (the presets' 2e-4 / 1e-4 are meant for 24 epochs, not minutes) and the
---camera-set overrides (e.g. the camera branch of effocc_fusion_r18_tiny: model.backbone=resnet18
+Both stages use --lr (the presets' 2e-4 / 1e-4 are meant for 24 epochs, not minutes), a cosine
+decay that ends with the stage's step budget (train.cosine_steps) and the --camera-set overrides
+(e.g. the camera branch of effocc_fusion_r18_tiny: model.backbone=resnet18
 model.backbone_stages=[2,3,4] model.downsample=8 model.bev_encoder=second). The default
 synthetic world (datasets/make_synthetic.py) is generated into --data-root when absent, with its
 info files (datasets/prepare_nuscenes.py) and Occ-BEV targets (datasets/prepare_occbev.py).
@@ -87,7 +88,7 @@ def pretrain(args, pretrain_dir, overrides):
     """Occ-BEV pre-training within the budget, validated at its last step; returns (steps, minutes
     trained now (None when read back), validation geometry IoU at that step)."""
     common = ["--config", "occbev_pretrain_tiny", "--data-root", args.data_root, "--set", *overrides,
-              NO_EPOCH_VALIDATION]
+              NO_EPOCH_VALIDATION, *([f"train.cosine_steps={args.pretrain_steps}"] if args.pretrain_steps else [])]
     if args.pretrain_steps:
         _, steps, minutes = train_once(pretrain_occbev, pretrain_dir, [*common, "--val-every", str(args.pretrain_steps)],
                                        steps=args.pretrain_steps)
@@ -129,6 +130,7 @@ def finetune(args, overrides, init, seed, pretrained):
     checkpoint, _, minutes = train_once(
         train_fusion, work_dir, ["--config", config, "--data-root", args.data_root, "--scenes-fraction", str(fraction),
                                  "--no-val", "--set", *overrides, f"train.seed={seed}",
+                                 f"train.cosine_steps={args.finetune_steps}",
                                  *(["--init-from", pretrained] if init == "Occ-BEV" else [])],
         steps=args.finetune_steps)
     if args.task == "occupancy" and not args.rayiou:

@@ -104,6 +104,7 @@ class TrainConfig:
     warmup_iters: int = 200
     warmup_ratio: float = 1e-3
     lr_schedule: str = "step"  # "step" | "cosine"
+    cosine_steps: int = 0  # > 0: the cosine decay spans this many optimizer updates instead of train.epochs
     lr_step_epochs: Tuple[int, ...] = (24,)
     lr_gamma: float = 0.1
     epochs: int = 48
@@ -307,10 +308,12 @@ def make_tiny(cfg):
 def camera_from_scratch_levers(cfg):
     """What moves a randomly initialised camera-only model past the ground-only stage within minutes
     of a CPU (docs/training.md#camera-only-tiny-presets): depth supervision from the LiDAR, 8 height
-    bins and mean pooling in the camera BEV, no augmentation (the tiny models underfit), and for an
-    occupancy model trained on labels alone the four class-balanced losses."""
+    bins and mean pooling in the camera BEV, no augmentation (the tiny models underfit), a cosine
+    decay over 1600 updates (an hour of one core; set train.cosine_steps to the run's length), and
+    for an occupancy model trained on labels alone the four class-balanced losses."""
     d, m = cfg.data, cfg.model
     m.depth_loss_weight, m.camera_height_bins, m.camera_bev_pooling = 3.0, 8, "mean"
+    cfg.train.lr_schedule, cfg.train.cosine_steps = "cosine", 1600
     d.resize_jitter, d.rotate_deg, d.flip_prob, d.bev_flip = (0.0, 0.0), (0.0, 0.0), 0.0, False
     if m.head == "occ" and cfg.distill.teacher is None:  # the distilled student keeps DistillOcc's CE
         cfg.train.loss = "four"
@@ -356,6 +359,8 @@ def finalize(cfg):
     cfg.data.load_points = m.modality in ("fusion", "lidar")
     if m.depth_loss_weight < 0 or (m.depth_loss_weight > 0 and m.modality == "lidar"):
         raise UsageError(f"model.depth_loss_weight = {m.depth_loss_weight} needs a camera branch and a value >= 0")
+    if cfg.train.cosine_steps < 0:
+        raise UsageError(f"train.cosine_steps must be >= 0 (0: the cosine spans train.epochs), got {cfg.train.cosine_steps}")
     if m.camera_height_bins < 1:
         raise UsageError(f"model.camera_height_bins must be >= 1, got {m.camera_height_bins}")
     if m.camera_depth_convs < 0 or (m.camera_depth_convs > 0 and m.modality == "fusion" and m.use_lidar_depth):

@@ -65,13 +65,14 @@ def optimizer_steps_per_epoch(num_batches, accumulation_steps=1):
 
 def build_scheduler(optimizer, cfg_train, steps_per_epoch):
     """LambdaLR in optimizer updates: linear warmup (cfg_train.warmup_iters, warmup_ratio), then
-    'step' (x lr_gamma at each of lr_step_epochs) or 'cosine' over cfg_train.epochs."""
+    'step' (x lr_gamma at each of lr_step_epochs) or 'cosine' over cfg_train.epochs (over
+    cfg_train.cosine_steps updates when > 0)."""
     if cfg_train.lr_schedule == "step":
         factor = warmup_step_factor(cfg_train.warmup_iters, cfg_train.warmup_ratio,
                                     [e * steps_per_epoch for e in cfg_train.lr_step_epochs], cfg_train.lr_gamma)
     elif cfg_train.lr_schedule == "cosine":
         factor = warmup_cosine_factor(cfg_train.warmup_iters, cfg_train.warmup_ratio,
-                                      max(cfg_train.epochs * steps_per_epoch, 1))
+                                      cfg_train.cosine_steps or max(cfg_train.epochs * steps_per_epoch, 1))
     else:
         raise UsageError(f"train.lr_schedule={cfg_train.lr_schedule!r}: expected 'step' or 'cosine'")
     return LambdaLR(optimizer, factor)

@@ -121,3 +121,17 @@ def test_config_from_dict_rejects_unknown_keys_and_bad_types():
     d["train"]["epochs"] = "48"
     with pytest.raises(ValueError, match="train.epochs"):
         config_from_dict(d)
+
+
+def test_camera_only_tiny_presets_get_the_camera_study_levers_and_no_other_preset_does():
+    for name in preset_names():
+        cfg = get_config(name)
+        levers = (cfg.model.depth_loss_weight, cfg.model.camera_height_bins, cfg.model.camera_bev_pooling,
+                  cfg.data.bev_flip, cfg.data.flip_prob, cfg.train.cosine_steps)
+        if name.endswith("_tiny") and cfg.model.modality == "camera":
+            assert levers == (3.0, 8, "mean", False, 0.0, 1600), name
+            assert cfg.train.lr_schedule == "cosine" and cfg.data.resize_jitter == (0.0, 0.0), name
+            assert cfg.train.loss == {"occ": "ce" if cfg.distill.teacher else "four", "geometry": "focal",
+                                      "detection": "centerpoint"}[cfg.model.head], name
+        else:
+            assert levers[:3] == (0.0, 1, "sum") and cfg.train.cosine_steps == 0, name

@@ -100,6 +100,20 @@ def test_build_scheduler_drives_each_group_lr_in_optimizer_updates():
     assert lrs[10] == pytest.approx([0.1, 0.01])      # epoch 2 starts at update 10
     with pytest.raises(ValueError, match="lr_schedule"):
         optim.build_scheduler(optimizer, TrainConfig(lr_schedule="poly"), 5)
+
+
+def test_cosine_steps_set_the_length_of_the_cosine_decay_in_updates():
+    for cosine_steps, end in ((0, 4 * 5), (8, 8)):   # 4 epochs of 5 updates, or 8 updates
+        cfg = TrainConfig(lr=1.0, warmup_iters=0, lr_schedule="cosine", epochs=4, cosine_steps=cosine_steps)
+        optimizer = optim.build_optimizer(ToyNet(), cfg)
+        scheduler = optim.build_scheduler(optimizer, cfg, steps_per_epoch=5)
+        lrs = []
+        for _ in range(end + 2):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        assert lrs[end // 2] == pytest.approx(0.5 * (1 + 1e-3))      # half-way: the mean of 1 and min_ratio
+        assert lrs[end] == lrs[end + 1] == pytest.approx(1e-3)       # the floor from `end` on
     assert optim.optimizer_steps_per_epoch(7, 2) == 4
 
 
