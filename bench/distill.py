@@ -68,9 +68,9 @@ def student_width_overrides():
     return [f"model.bev_neck_channels={get_config(STUDENT).model.bev_neck_channels}"]
 
 
-def seed_round(args, seed, train_infos, labelled):
-    """The runs of one seed (module docstring, 1-4); returns [(name, labels, samples, steps, metrics)]."""
-    num_labelled, num_samples = sum(info["scene_token"] in labelled for info in train_infos), len(train_infos)
+def seed_round(args, seed, num_labelled, num_samples):
+    """The runs of one seed (module docstring, 1-4) with num_labelled of the num_samples training
+    samples labelled; returns [(name, labels, samples, steps, metrics)]."""
     fraction, seed_dir = str(args.labelled_fraction), os.path.join(args.work_dir, f"seed{seed}")
     common = ["--data-root", args.data_root, "--no-val", "--set", f"train.lr={args.lr}", f"train.seed={seed}",
               *([f"train.cosine_steps={args.steps}"] if args.steps else [])]  # a cosine ends with the run
@@ -110,7 +110,7 @@ def main():
     num_labelled = sum(info["scene_token"] in labelled for info in train_infos)
     print(f"{args.data_root}: {len(labelled)} of {num_scenes} training scenes labelled "
           f"({num_labelled} of {len(train_infos)} samples)", flush=True)
-    rounds = {seed: seed_round(args, seed, train_infos, labelled) for seed in args.seeds}
+    rounds = {seed: seed_round(args, seed, num_labelled, len(train_infos)) for seed in args.seeds}
 
     names = occ3d.CLASS_NAMES[:occ3d.FREE]
     budget_text = f"{args.steps} steps" if args.steps else f"{args.minutes} min (teacher {args.teacher_minutes} min)"

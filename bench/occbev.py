@@ -134,7 +134,7 @@ def finetune(args, overrides, init, seed, pretrained):
                                  *(["--init-from", pretrained] if init == "Occ-BEV" else [])],
         steps=args.finetune_steps)
     if args.task == "occupancy" and not args.rayiou:
-        score_args = ["--no-rayiou"]
+        score_args = [*score_args, "--no-rayiou"]
     metrics = score_once(checkpoint, [*score_args, "--data-root", args.data_root])
     return metrics, None if minutes is None else 60 * minutes / args.finetune_steps
 
