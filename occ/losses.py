@@ -42,18 +42,23 @@ def masked_cross_entropy(logits, labels, mask, class_weights=None):
 
     with w = 1 (the released config) or `class_weights` (C,). The normaliser is the number of
     masked voxels in both cases, so class weights change the balance between classes, not the
-    overall scale convention.
+    overall scale convention. Only the masked voxels are computed (mask_camera holds about a
+    seventh of the grid).
     """
     _check_grid(logits, labels, mask)
+    return _cross_entropy(logits[mask].float(), labels[mask], class_weights)
+
+
+def _cross_entropy(logits, labels, class_weights=None):
+    """Mean (class-weighted) CE over the rows of logits (N, C), labels (N,); 0 with a gradient for N = 0."""
     num_classes = logits.shape[-1]
-    ce = F.cross_entropy(logits.float().reshape(-1, num_classes), labels.reshape(-1), reduction="none")
-    weight = mask.reshape(-1).float()
+    ce = F.cross_entropy(logits, labels, reduction="none")          # (N,)
     if class_weights is not None:
         if class_weights.shape != (num_classes,):
             raise ValueError(f"class_weights must have shape ({num_classes},), got "
                              f"{tuple(class_weights.shape)}")
-        weight = weight * class_weights.to(ce.device, torch.float32)[labels.reshape(-1)]
-    return (ce * weight).sum() / mask.sum().clamp(min=1)
+        ce = ce * class_weights.to(ce.device, torch.float32)[labels]
+    return ce.sum() / max(labels.shape[0], 1)
 
 
 # ------------------------------------------------------------------ the optional four-loss variant
@@ -96,9 +101,12 @@ def sem_scal_loss(logits, labels, mask):
     positive. The result is the mean over the present classes (0 when none is present).
     """
     _check_grid(logits, labels, mask)
-    num_classes = logits.shape[-1]
-    probs = logits.float().softmax(-1)[mask]                        # (N, C)
-    target = F.one_hot(labels[mask], num_classes).float()           # (N, C)
+    return _sem_scal(logits[mask].float().softmax(-1), labels[mask])
+
+
+def _sem_scal(probs, labels):
+    """sem_scal_loss on the masked voxels' probabilities (N, C) and labels (N,)."""
+    target = F.one_hot(labels, probs.shape[-1]).float()             # (N, C)
     hit = (probs * target).sum(0)                                   # (C,) sum(p t)
     prob_sum, target_sum = probs.sum(0), target.sum(0)
     negative_sum = target.shape[0] - target_sum                     # sum(1 - t)
@@ -119,8 +127,13 @@ def geo_scal_loss(logits, labels, mask, free_class=occ3d.FREE):
     0 (no occupied / no free voxel in the mask) is left out. 0 for an empty mask.
     """
     _check_grid(logits, labels, mask)
-    free_prob = logits.float().softmax(-1)[..., free_class][mask]   # (N,)
-    occupied = (labels[mask] != free_class).float()
+    return _geo_scal(logits[mask].float().softmax(-1), labels[mask], free_class)
+
+
+def _geo_scal(probs, labels, free_class):
+    """geo_scal_loss on the masked voxels' probabilities (N, C) and labels (N,)."""
+    free_prob = probs[:, free_class]                                # (N,)
+    occupied = (labels != free_class).float()
     occupied_prob = 1 - free_prob
     hit = (occupied_prob * occupied).sum()
     prob_sum, occupied_sum, free_sum = occupied_prob.sum(), occupied.sum(), (1 - occupied).sum()
@@ -149,11 +162,14 @@ def lovasz_softmax_loss(logits, labels, mask):
     the mean over present classes (0 when none is present).
     """
     _check_grid(logits, labels, mask)
-    num_classes = logits.shape[-1]
-    probs = logits.float().softmax(-1)[mask]                        # (N, C)
-    target = F.one_hot(labels[mask], num_classes).float()           # (N, C)
-    if target.shape[0] == 0:
-        return logits.float().sum() * 0.0
+    return _lovasz(logits[mask].float().softmax(-1), labels[mask])
+
+
+def _lovasz(probs, labels):
+    """lovasz_softmax_loss on the masked voxels' probabilities (N, C) and labels (N,)."""
+    if labels.shape[0] == 0:
+        return probs.sum() * 0.0
+    target = F.one_hot(labels, probs.shape[-1]).float()             # (N, C)
     errors_sorted, order = (target - probs).abs().sort(dim=0, descending=True)
     per_class = (errors_sorted * _lovasz_jaccard_gradient(target.gather(0, order))).sum(0)   # (C,)
     present = target.sum(0) > 0
@@ -162,12 +178,16 @@ def lovasz_softmax_loss(logits, labels, mask):
 
 def four_losses(logits, labels, mask, class_weights):
     """The optional "all four losses" variant of docs/training.md#losses, each weight 1, all restricted to `mask`:
-    class-weighted CE (w = `class_weights_from_frequencies`), sem_scal, geo_scal, Lovasz-softmax."""
+    class-weighted CE (w = `class_weights_from_frequencies`), sem_scal, geo_scal, Lovasz-softmax.
+    The masked voxels are selected and their softmax taken once for all four."""
+    _check_grid(logits, labels, mask)
+    selected, target = logits[mask].float(), labels[mask]           # (N, C), (N,)
+    probs = selected.softmax(-1)
     return {
-        "loss_ce": masked_cross_entropy(logits, labels, mask, class_weights),
-        "loss_sem_scal": sem_scal_loss(logits, labels, mask),
-        "loss_geo_scal": geo_scal_loss(logits, labels, mask),
-        "loss_lovasz": lovasz_softmax_loss(logits, labels, mask),
+        "loss_ce": _cross_entropy(selected, target, class_weights),
+        "loss_sem_scal": _sem_scal(probs, target),
+        "loss_geo_scal": _geo_scal(probs, target, occ3d.FREE),
+        "loss_lovasz": _lovasz(probs, target),
     }
 
 

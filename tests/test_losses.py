@@ -197,3 +197,24 @@ def test_degenerate_grids_give_finite_losses_and_gradients(case):
     sum(out.values()).backward()
     assert all(torch.isfinite(v) for v in out.values()), out
     assert torch.isfinite(logits.grad).all()
+
+
+def test_four_losses_equal_the_four_separate_losses_with_their_gradients():
+    # four_losses selects the masked voxels and takes their softmax once; each term and the
+    # gradient of their sum must be those of the separate full-grid losses.
+    torch.manual_seed(0)
+    labels = torch.randint(0, 18, (2, 5, 4, 3))
+    mask = torch.rand(2, 5, 4, 3) > 0.7
+    weights = losses.class_weights_from_frequencies(torch.arange(18) * 500.0 + 10)
+    logits = torch.randn(2, 5, 4, 3, 18, requires_grad=True)
+    together = losses.four_losses(logits, labels, mask, weights)
+    grad_together, = torch.autograd.grad(sum(together.values()), logits)
+    separate = {"loss_ce": losses.masked_cross_entropy(logits, labels, mask, weights),
+                "loss_sem_scal": losses.sem_scal_loss(logits, labels, mask),
+                "loss_geo_scal": losses.geo_scal_loss(logits, labels, mask),
+                "loss_lovasz": losses.lovasz_softmax_loss(logits, labels, mask)}
+    grad_separate, = torch.autograd.grad(sum(separate.values()), logits)
+    for name in separate:
+        assert together[name].item() == pytest.approx(separate[name].item(), rel=1e-6), name
+    torch.testing.assert_close(grad_together, grad_separate)
+    assert (grad_together[~mask] == 0).all() and (grad_together[mask] != 0).any()
