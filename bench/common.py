@@ -12,6 +12,7 @@ devkit's scene splits, the same scenes as the info files of datasets/prepare_nus
 (which assigns scenes with `nuscenes.utils.splits.create_splits_scenes`), in the same order (scene
 name, then timestamp), without reading the info files.
 """
+import hashlib
 import json
 import os
 import sys
@@ -111,9 +112,11 @@ def train_once(script, work_dir, argv, steps=None, minutes=None):
 
 
 def score_once(checkpoint, argv):
-    """evaluate.main(--ckpt checkpoint + argv), written next to the checkpoint (step_N.metrics.json),
-    or what an earlier call wrote there (the metrics belong to that checkpoint and those argv)."""
-    out_path = str(checkpoint)[:-len(".pt")] + ".metrics.json"
+    """evaluate.main(--ckpt checkpoint + argv), written next to the checkpoint as
+    step_N.<tag>.metrics.json, or what an earlier call with the same checkpoint and argv wrote
+    there; <tag> is the start of the SHA-256 of argv, so other evaluation arguments score again."""
+    tag = hashlib.sha256(json.dumps(list(argv)).encode()).hexdigest()[:12]
+    out_path = f"{str(checkpoint)[:-len('.pt')]}.{tag}.metrics.json"
     if os.path.isfile(out_path):
         with open(out_path) as f:
             return json.load(f)

@@ -4,6 +4,7 @@ import types
 
 import pytest
 
+import bench.common
 from bench.common import mean_and_spread, score_once, train_once
 
 
@@ -45,10 +46,21 @@ def test_a_minutes_run_with_checkpoints_is_refused(tmp_path):
         train_once(fake_script([]), str(tmp_path), [], minutes=3.0)
 
 
-def test_scores_are_read_back_from_next_to_their_checkpoint(tmp_path):
+def test_scores_are_read_back_for_the_same_arguments_only(tmp_path, monkeypatch):
+    scored = []
+
+    def fake_evaluate(argv):
+        scored.append(argv)
+        out = argv[argv.index("--out") + 1]
+        with open(out, "w") as f:
+            json.dump({"miou": 0.25 * len(scored)}, f)
+        return {"miou": 0.25 * len(scored)}
+    monkeypatch.setattr(bench.common.evaluate, "main", fake_evaluate)
     checkpoint = tmp_path / "step_00000005.pt"
-    (tmp_path / "step_00000005.metrics.json").write_text(json.dumps({"miou": 0.25}))
-    assert score_once(checkpoint, ["--data-root", "nowhere"]) == {"miou": 0.25}
+    assert score_once(checkpoint, ["--data-root", "here"]) == {"miou": 0.25}
+    assert score_once(checkpoint, ["--data-root", "here"]) == {"miou": 0.25}     # read back
+    assert score_once(checkpoint, ["--data-root", "here", "--no-rayiou"]) == {"miou": 0.5}
+    assert len(scored) == 2 and len(list(tmp_path.glob("step_00000005.*.metrics.json"))) == 2
 
 
 def test_mean_and_spread_on_hand_made_values():
