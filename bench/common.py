@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -94,7 +95,9 @@ def train_once(script, work_dir, argv, steps=None, minutes=None):
     `argv` plus the budget (--max-steps `steps`, else --max-minutes `minutes`). A run that already
     reached `steps` is not trained again; one that stopped before is continued with --resume. A
     --max-minutes run cannot be continued to the same budget, so a work dir with checkpoints is
-    refused then. Returns (last checkpoint, its step, minutes trained now, None if none)."""
+    refused then. Only the last checkpoint of a run is kept (a run saves one per epoch, each as
+    large as the model and its optimizer state: gigabytes over a benchmark's runs). Returns (last
+    checkpoint, its step, minutes trained now, None if none)."""
     latest = latest_checkpoint(work_dir)
     if latest is not None:
         step = int(CHECKPOINT_NAME.match(latest.name).group(1))
@@ -103,12 +106,21 @@ def train_once(script, work_dir, argv, steps=None, minutes=None):
                      f"budget, which cannot be continued to the same budget; remove the folder or give a step budget")
         if step >= steps:
             print(f"{work_dir}: trained already ({latest.name}), not trained again", flush=True)
-            return latest, step, None
+            return keep_only_latest(work_dir), step, None
         print(f"{work_dir}: continuing from {latest.name} to step {steps}", flush=True)
     started = time.perf_counter()
     position = script.main(["--work-dir", work_dir, *budget_args(steps, minutes),
                             *(["--resume"] if latest is not None else []), *argv])
-    return latest_checkpoint(work_dir), position.step, (time.perf_counter() - started) / 60
+    return keep_only_latest(work_dir), position.step, (time.perf_counter() - started) / 60
+
+
+def keep_only_latest(work_dir):
+    """Deletes every checkpoint step_N.pt of `work_dir` but the latest; returns the latest."""
+    latest = latest_checkpoint(work_dir)
+    for path in Path(work_dir).iterdir():
+        if CHECKPOINT_NAME.match(path.name) and path.name != latest.name:
+            path.unlink()
+    return latest
 
 
 def score_once(checkpoint, argv):

@@ -46,6 +46,17 @@ def test_a_minutes_run_with_checkpoints_is_refused(tmp_path):
         train_once(fake_script([]), str(tmp_path), [], minutes=3.0)
 
 
+def test_only_the_last_checkpoint_of_a_run_is_kept(tmp_path):
+    def main(argv):   # a run that saves a checkpoint per epoch of 2 steps, up to --max-steps
+        for step in range(2, int(argv[argv.index("--max-steps") + 1]) + 1, 2):
+            (tmp_path / f"step_{step:08d}.pt").write_text("checkpoint")
+        return types.SimpleNamespace(step=step)
+    (tmp_path / "step_00000002.metrics.json").write_text("{}")
+    checkpoint, step, _ = train_once(types.SimpleNamespace(main=main), str(tmp_path), [], steps=6)
+    assert (checkpoint.name, step) == ("step_00000006.pt", 6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000002.metrics.json", "step_00000006.pt"]
+
+
 def test_scores_are_read_back_for_the_same_arguments_only(tmp_path, monkeypatch):
     scored = []
 
