@@ -42,8 +42,8 @@ def masked_cross_entropy(logits, labels, mask, class_weights=None):
 
     with w = 1 (the released config) or `class_weights` (C,). The normaliser is the number of
     masked voxels in both cases, so class weights change the balance between classes, not the
-    overall scale convention. Only the masked voxels are computed (mask_camera holds about a
-    seventh of the grid).
+    overall scale convention. Only the masked voxels are computed (mask_camera is about a seventh
+    of the grid on the synthetic world).
     """
     _check_grid(logits, labels, mask)
     return _cross_entropy(logits[mask].float(), labels[mask], class_weights)
