@@ -309,7 +309,7 @@ def camera_from_scratch_levers(cfg):
     """What moves a randomly initialised camera-only model past the ground-only stage within minutes
     of a CPU (docs/training.md#camera-only-tiny-presets): depth supervision from the LiDAR, 8 height
     bins and mean pooling in the camera BEV, no augmentation (the tiny models underfit), a cosine
-    decay over 1600 updates (an hour of one core; set train.cosine_steps to the run's length), and
+    decay over 1600 updates (10 epochs of the synthetic world; set train.cosine_steps to the run's length), and
     for an occupancy model trained on labels alone the four class-balanced losses."""
     d, m = cfg.data, cfg.model
     m.depth_loss_weight, m.camera_height_bins, m.camera_bev_pooling = 3.0, 8, "mean"
