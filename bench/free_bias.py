@@ -23,27 +23,35 @@ from datasets.build import dataset_from_config, default_split, info_path  # noqa
 from datasets.nuscenes_occ import collate  # noqa: E402
 from occ import occ3d  # noqa: E402
 from occ.evaluation import build_model_from_checkpoint  # noqa: E402
+from occ.models.occnet import occ_grid_shape  # noqa: E402
+
+
+def predicted_occupied(logits, bias):
+    """(X, Y, Z) bool: the argmax is not free (the last of the C logits) once `bias` is added to the free logit."""
+    shifted = logits.clone()
+    shifted[..., -1] += bias
+    return shifted.argmax(-1) != logits.shape[-1] - 1
+
+
+def confusion(predicted, occupied, mask):
+    """(TP, FP, FN) of the `predicted` occupied cells against the `occupied` ones inside `mask`."""
+    predicted, occupied = predicted & mask, occupied & mask
+    return ((predicted & occupied).sum().item(), (predicted & ~occupied).sum().item(),
+            (~predicted & occupied).sum().item())
 
 
 def geometry_counts(logits, semantics, mask, biases):
     """{bias: (TP, FP, FN)} of "not free" inside `mask` when `bias` is added to the free logit.
     logits (X, Y, Z, C) with free = C - 1; semantics (X, Y, Z) with free = occ3d.FREE; mask bool."""
-    occupied = (semantics != occ3d.FREE) & mask
-    counts = {}
-    for bias in biases:
-        shifted = logits.clone()
-        shifted[..., -1] += bias
-        predicted = (shifted.argmax(-1) != logits.shape[-1] - 1) & mask
-        counts[bias] = ((predicted & occupied).sum().item(), (predicted & ~occupied).sum().item(),
-                        (~predicted & occupied).sum().item())
-    return counts
+    occupied = semantics != occ3d.FREE
+    return {bias: confusion(predicted_occupied(logits, bias), occupied, mask) for bias in biases}
 
 
 def distance_bands(model_cfg, edges):
     """[(name, mask (X, Y, Z) bool)] of the output grid's cells whose centre lies at a horizontal
     distance from the ego origin in [e_i, e_i+1), for the edges 0 < e_1 < ... plus the rest beyond."""
     r, v = model_cfg.point_cloud_range, model_cfg.occ_voxel_size
-    X, Y, Z = (round((r[i + 3] - r[i]) / v) for i in range(3))
+    X, Y, Z = occ_grid_shape(model_cfg)
     x = r[0] + (torch.arange(X) + 0.5) * v
     y = r[1] + (torch.arange(Y) + 0.5) * v
     distance = torch.hypot(x[:, None], y[None, :])[:, :, None].expand(X, Y, Z)
@@ -78,8 +86,9 @@ def main():
         counts = geometry_counts(logits, batch["semantics"][0], batch["mask_camera"][0], args.biases)
         for bias, (tp, fp, fn) in counts.items():
             totals[bias] = [totals[bias][0] + tp, totals[bias][1] + fp, totals[bias][2] + fn]
+        unbiased, occupied = predicted_occupied(logits, 0.0), batch["semantics"][0] != occ3d.FREE
         for name, band in bands:
-            tp, fp, fn = geometry_counts(logits, batch["semantics"][0], batch["mask_camera"][0] & band, [0.0])[0.0]
+            tp, fp, fn = confusion(unbiased, occupied, batch["mask_camera"][0] & band)
             band_totals[name] = [band_totals[name][0] + tp, band_totals[name][1] + fp, band_totals[name][2] + fn,
                                  band_totals[name][3] + tp + fn]
     print(f"{args.ckpt}, {split} ({len(dataset)} samples), camera mask")
