@@ -14,6 +14,7 @@ name, then timestamp), without reading the info files.
 """
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -27,6 +28,8 @@ import evaluate  # noqa: E402
 import train_fusion  # noqa: E402
 from cli import budget_args  # noqa: E402
 from occ.checkpoint import CHECKPOINT_NAME, latest_checkpoint  # noqa: E402
+from occ.config import get_config  # noqa: E402
+from occ.optim import optimizer_steps_per_epoch  # noqa: E402
 
 # the nuScenes version (table folder) of each info split
 SPLIT_VERSIONS = {"train": "v1.0-trainval", "val": "v1.0-trainval",
@@ -112,6 +115,17 @@ def train_once(script, work_dir, argv, steps=None, minutes=None):
     position = script.main(["--work-dir", work_dir, *budget_args(steps, minutes),
                             *(["--resume"] if latest is not None else []), *argv])
     return keep_only_latest(work_dir), position.step, (time.perf_counter() - started) / 60
+
+
+def epochs_for_steps(config, steps, num_samples):
+    """The `train.epochs=N` override that lets a run of preset `config` on `num_samples` training
+    samples take `steps` optimizer updates: the preset's own epochs, or as many more as the step
+    budget needs (a preset's epochs end a run early on few samples: flashocc_r50_tiny's 24 epochs
+    of 60 samples are 1440 updates). The override equals the preset's value when that suffices,
+    so runs it does not lengthen keep their config (and can be resumed)."""
+    cfg = get_config(config)
+    steps_per_epoch = optimizer_steps_per_epoch(math.ceil(num_samples / cfg.data.batch_size))
+    return f"train.epochs={max(cfg.train.epochs, math.ceil(steps / steps_per_epoch))}"
 
 
 def keep_only_latest(work_dir):

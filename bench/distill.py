@@ -16,7 +16,8 @@ use the student's architecture (flashocc_r50_tiny with a 64-channel BEV output, 
 distillocc_r50_tiny); --camera-set changes the camera models of runs 2-4 alike (e.g. the camera
 branch of effocc_fusion_r18_tiny: model.backbone=resnet18 model.backbone_stages=[2,3,4]
 model.downsample=8 model.bev_encoder=second). With --steps a cosine decay (of the camera presets) ends with the
-run (train.cosine_steps). Each run is scored with evaluate.py (EMA weights,
+run (train.cosine_steps), and train.epochs is raised where the presets' epochs would end a run on
+the labelled samples before its step budget. Each run is scored with evaluate.py (EMA weights,
 camera mask, validation split, no RayIoU); the script prints the per-class IoU, one line per run
 and, over the seeds, the mean, standard deviation and range of each kind of run.
 
@@ -34,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train_distill  # noqa: E402
 import train_fusion  # noqa: E402
-from bench.common import mean_and_spread, score_once, split_samples, train_once  # noqa: E402
+from bench.common import epochs_for_steps, mean_and_spread, score_once, split_samples, train_once  # noqa: E402
 from datasets.build import default_split, ensure_synthetic_world  # noqa: E402
 from occ import occ3d  # noqa: E402
 from occ.config import get_config  # noqa: E402
@@ -77,6 +78,9 @@ def seed_round(args, seed, num_labelled, num_samples):
     camera = [*common, *args.camera_set]
     runs = []
 
+    def epochs(config, samples):  # with --steps, enough epochs for the budget on `samples` samples
+        return [epochs_for_steps(config, args.steps, samples)] if args.steps else []
+
     def run(name, num_labels, samples_seen, script, folder, minutes, argv):
         print(f"\n=== seed {seed}, {name}: {num_labels} labelled of {samples_seen} training samples ===", flush=True)
         checkpoint, steps, _ = train_once(script, os.path.join(seed_dir, folder), argv, args.steps, minutes)
@@ -86,13 +90,15 @@ def seed_round(args, seed, num_labelled, num_samples):
 
     teacher_ckpt = args.teacher_ckpt or run(
         "fusion teacher", num_labelled, num_labelled, train_fusion, "teacher", args.teacher_minutes,
-        ["--config", TEACHER, "--scenes-fraction", fraction, *common])
+        ["--config", TEACHER, "--scenes-fraction", fraction, *common, *epochs(TEACHER, num_labelled)])
     run("camera-only", num_labelled, num_labelled, train_fusion, f"camera_{num_labelled}", args.minutes,
-        ["--config", CAMERA, "--scenes-fraction", fraction, *camera, *student_width_overrides()])
+        ["--config", CAMERA, "--scenes-fraction", fraction, *camera, *student_width_overrides(),
+         *epochs(CAMERA, num_labelled)])
     run("distilled student", num_labelled, num_samples, train_distill, f"student_{num_labelled}", args.minutes,
-        ["--config", STUDENT, "--teacher-ckpt", teacher_ckpt, "--labelled-fraction", fraction, *camera])
+        ["--config", STUDENT, "--teacher-ckpt", teacher_ckpt, "--labelled-fraction", fraction, *camera,
+         *epochs(STUDENT, num_samples)])
     run("camera-only", num_samples, num_samples, train_fusion, f"camera_{num_samples}", args.minutes,
-        ["--config", CAMERA, *camera, *student_width_overrides()])
+        ["--config", CAMERA, *camera, *student_width_overrides(), *epochs(CAMERA, num_samples)])
     return runs
 
 

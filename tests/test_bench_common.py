@@ -78,3 +78,15 @@ def test_mean_and_spread_on_hand_made_values():
     mean, std, low, high = mean_and_spread([1.0, 2.0, 6.0])
     assert (mean, low, high) == (3.0, 1.0, 6.0)
     assert std == pytest.approx((14 / 3) ** 0.5)  # population std: ((2^2 + 1^2 + 3^2) / 3) ** 0.5
+
+
+def test_epochs_for_steps_lengthens_a_run_only_where_the_preset_epochs_end_it_early():
+    from bench.common import epochs_for_steps
+    from occ.config import get_config
+    preset_epochs = get_config("flashocc_r50_tiny").train.epochs  # batch 1: one update per sample
+    assert epochs_for_steps("flashocc_r50_tiny", 1600, 160) == f"train.epochs={preset_epochs}"
+    epochs = int(epochs_for_steps("flashocc_r50_tiny", 1600, 60).split("=")[1])
+    assert epochs * 60 >= 1600 > (epochs - 1) * 60 and epochs > preset_epochs
+    # an epoch is a number of batches: the full preset's batch 8 makes 60 samples 8 updates
+    assert get_config("effocc_fusion_r18").data.batch_size == 8
+    assert epochs_for_steps("effocc_fusion_r18", 800, 60) == "train.epochs=100"
