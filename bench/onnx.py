@@ -67,7 +67,7 @@ def bench_preset(preset, folder, warmup, iters, threads, num_points):
         if model.has_lidar:
             row["lidar"] = median_seconds(lambda: model.lidar_branch(batch["points"]), warmup, iters)
         graph = deploy.ExportableOccNet(model).eval()
-        row["torch_graph"] = median_seconds(lambda: graph(*inputs.values()), warmup, iters)
+        row["torch_graph"] = median_seconds(lambda: graph(**inputs), warmup, iters)
         reference = model(batch)["occ_logits"]
         row["torch_model"] = median_seconds(lambda: model(batch), warmup, iters)
     options = onnxruntime.SessionOptions()

@@ -67,6 +67,7 @@ class ModelConfig:
     depth_loss_weight: float = 0.0  # > 0: BEVDepth-style depth supervision from LiDAR (camera branch)
     camera_height_bins: int = 1  # z bins of the camera BEV, stacked into channels (published: 1)
     camera_bev_pooling: str = "sum"  # "sum" of a cell's frustum points (published) or their "mean"
+    camera_ground_prior: bool = False  # the image trunk also reads each pixel's ground inverse depth (published: no)
     camera_depth_convs: int = 0  # 3x3 conv+BN+ReLU layers before a camera-only 1x1 depth net (published: 0)
     # LiDAR branch
     voxel_size: Tuple[float, float, float] = (0.05, 0.05, 0.16)

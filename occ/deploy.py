@@ -14,6 +14,8 @@ Graph inputs, in this order (B = 1 at export, N cameras, P frustum points inside
     ranks_bev    int32 (P,)              flat index of its BEV cell (b * Y * X + y * X + x)
     depth_maps   float32 (B, N, H, W)    fusion only: nearest LiDAR depth per pixel, 0 = none
     lidar_bev    float32 (B, C_l, Y, X)  fusion only: the sparse encoder's LiDAR BEV (run in PyTorch)
+    ground_prior float32 (B, N, 1, H, W) with model.camera_ground_prior: each pixel's ground inverse
+                                         depth (`occ.models.view_transform.ground_inverse_depth`)
 Output:
     occ_logits   float32 (B, X, Y, Z, classes)
 P is the one dynamic axis. The interval arrays of BEVPoolv2 are not inputs: a scatter-add needs
@@ -24,7 +26,7 @@ import warnings
 import torch
 from torch import nn
 
-from occ.models.view_transform import GEOMETRY_KEYS, mean_over_points
+from occ.models.view_transform import GEOMETRY_KEYS, ground_inverse_depth, mean_over_points
 from occ.ops.bev_pool import bev_pool_v2_reference
 
 RANK_NAMES = ("ranks_depth", "ranks_feat", "ranks_bev")
@@ -48,13 +50,16 @@ class ExportableOccNet(nn.Module):
 
     @property
     def input_names(self):
-        extra = ("depth_maps",) if self.model.view_transformer.use_lidar_depth else ()
-        return ("images",) + RANK_NAMES + extra + (("lidar_bev",) if self.model.has_lidar else ())
+        m = self.model
+        return (("images",) + RANK_NAMES + (("depth_maps",) if m.view_transformer.use_lidar_depth else ())
+                + (("lidar_bev",) if m.has_lidar else ()) + (("ground_prior",) if m.ground_prior else ()))
 
-    def forward(self, images, ranks_depth, ranks_feat, ranks_bev, depth_maps=None, lidar_bev=None):
+    def forward(self, images, ranks_depth, ranks_feat, ranks_bev, depth_maps=None, lidar_bev=None, ground_prior=None):
+        """The graph's inputs by name (module docstring); call it with **graph_inputs(model, batch)."""
         m = self.model
         B = images.shape[0]
-        img_feat = m.img_neck(m.img_backbone(images.flatten(0, 1)))  # (B*N, C, H_f, W_f)
+        extra = () if ground_prior is None else (ground_prior.flatten(0, 1),)
+        img_feat = m.img_neck(m.img_backbone(images.flatten(0, 1), *extra))  # (B*N, C, H_f, W_f)
         depth, context = m.view_transformer.lift(img_feat, depth_maps, B)  # (B, N, D, H_f, W_f), (B, N, H_f, W_f, C)
         vt = m.view_transformer
         bev_shape = (B, vt.height_bins, *vt.bev_hw)
@@ -85,6 +90,9 @@ def graph_inputs(model, batch):
         inputs["depth_maps"] = batch["depth_maps"]
     if model.has_lidar:
         inputs["lidar_bev"] = model.lidar_branch(batch["points"])
+    if model.ground_prior:
+        inputs["ground_prior"] = ground_inverse_depth(*(batch[key] for key in GEOMETRY_KEYS[:4]),
+                                                      batch["images"].shape[-2:])
     return inputs
 
 
@@ -101,7 +109,7 @@ def export_onnx(model, batch, path, opset=DEFAULT_OPSET):
     with torch.no_grad(), warnings.catch_warnings():
         # the exporter notes that the three rank inputs share the axis "points": that is intended
         warnings.filterwarnings("ignore", message="# The axis name: points will not be used")
-        torch.onnx.export(graph, tuple(inputs[name] for name in names), str(path), dynamo=True,
+        torch.onnx.export(graph, (), str(path), kwargs=inputs, dynamo=True,
                           opset_version=opset, input_names=list(names), output_names=list(OUTPUT_NAMES),
                           dynamic_shapes=dynamic_shapes, external_data=False, verbose=False)
     return names

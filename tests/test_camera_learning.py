@@ -213,7 +213,7 @@ def test_onnx_graph_of_a_height_binned_mean_pooled_model_matches_the_model():
     graph = deploy.ExportableOccNet(model).eval()
     with torch.no_grad():
         expected = model(batch)["occ_logits"]
-        got = graph(*(inputs[name] for name in graph.input_names))
+        got = graph(**inputs)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -229,3 +229,64 @@ def test_free_bias_counts_on_hand_made_logits():
     assert counts == {0.0: (1, 1, 1), 0.75: (1, 0, 1), 2.0: (0, 0, 2)}   # (TP, FP, FN)
     mask[2] = False                      # outside the mask nothing counts
     assert geometry_counts(logits, semantics, mask, [0.0]) == {0.0: (1, 0, 1)}
+
+
+def forward_camera(height, f=100.0, cx=50.0, cy=40.0):
+    """Geometry of one camera `height` m above the ego ground looking along ego x (cam x -> ego -y,
+    cam y -> ego -z, cam z -> ego x): cam2ego (1, 1, 4, 4), intrinsics (1, 1, 3, 3)."""
+    cam2ego = torch.eye(4)
+    cam2ego[:3, :3] = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    cam2ego[2, 3] = height
+    intrinsics = torch.tensor([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
+    return cam2ego.view(1, 1, 4, 4), intrinsics.view(1, 1, 3, 3)
+
+
+def test_ground_inverse_depth_on_a_level_camera_and_a_resized_image():
+    from occ.models.view_transform import ground_inverse_depth
+    cam2ego, intrinsics = forward_camera(height=2.0)
+    identity, no_shift = torch.eye(3).view(1, 1, 3, 3), torch.zeros(1, 1, 3)
+    prior = ground_inverse_depth(cam2ego, intrinsics, identity, no_shift, (80, 100))
+    assert prior.shape == (1, 1, 1, 80, 100)
+    # row v sees the ground at depth f * h / (v - cy): 10 m / depth = 10 (v - cy) / (f h); 0 at and above the horizon
+    rows = torch.arange(80, dtype=torch.float32)
+    expected = (10 * (rows - 40) / (100 * 2.0)).clamp(min=0)
+    assert torch.allclose(prior[0, 0, 0], expected.view(80, 1).expand(80, 100), atol=1e-6)
+    assert prior[0, 0, 0, 60, 0] == pytest.approx(1.0)  # 20 rows below the horizon: the ground 10 m away
+    # an image resized by 1/2 (post_rot = diag(0.5, 0.5, 1)): pixel (u', v') is (2u', 2v') of the original
+    half = torch.diag(torch.tensor([0.5, 0.5, 1.0])).view(1, 1, 3, 3)
+    resized = ground_inverse_depth(cam2ego, intrinsics, half, no_shift, (40, 50))
+    assert torch.allclose(resized[0, 0, 0], prior[0, 0, 0, ::2, ::2], atol=1e-6)
+
+
+def test_ground_inverse_depth_matches_the_lidar_depth_of_ground_pixels(data_root):
+    from occ.models.view_transform import ground_inverse_depth
+    cfg = camera_r18("model.depth_loss_weight=3")
+    dataset = dataset_from_config(cfg, data_root, info_path(data_root, "mini_val"), train=False)
+    batch = collate([dataset[0]])
+    prior = ground_inverse_depth(*(batch[key] for key in ("cam2ego", "intrinsics", "post_rot", "post_tran")),
+                                 batch["images"].shape[-2:])[:, :, 0]
+    lidar = batch["depth_maps"]
+    both = (lidar > 0) & (prior > 0)
+    ratio = lidar[both] * prior[both] / 10   # LiDAR depth / ground depth: 1 on the ground, < 1 in front of it
+    assert both.sum() > 5000
+    on_ground = ((ratio - 1).abs() < 0.02).float().mean()
+    assert on_ground > 0.3                                 # the ground returns sit at the ground depth (47 %)
+    assert ratio.quantile(0.98).item() < 1.05                            # nothing lies beyond the ground
+
+
+def test_ground_prior_adds_a_zero_initialised_input_to_the_image_trunk_and_nothing_else():
+    plain, prior = build_model(camera_r18()), build_model(camera_r18("model.camera_ground_prior=true"))
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    assert count(prior) - count(plain) == 64 * 7 * 7                   # conv1's kernel for the one extra map
+    assert prior.img_backbone.conv1_extra.weight.abs().sum() == 0
+    prior.load_state_dict(plain.state_dict(), strict=False)            # the same weights otherwise
+    batch = example_batch(camera_r18())
+    plain.eval(), prior.eval()
+    with torch.no_grad():
+        assert torch.equal(prior(batch)["occ_logits"], plain(batch)["occ_logits"])
+    prior.train()
+    prior(batch)["occ_logits"].sum().backward()
+    assert prior.img_backbone.conv1_extra.weight.grad.abs().sum() > 0  # it learns from the first step
+    with pytest.raises(UsageError, match="ResNet"):
+        build_model(camera_r18("model.camera_ground_prior=true", "model.backbone=swin_t",
+                               "model.backbone_stages=[2,3,4]"))

@@ -90,3 +90,23 @@ def test_lidar_only_checkpoint_is_refused(tmp_path):
     ckpt = random_checkpoint(tmp_path, "effocc_lidar_tiny")
     with pytest.raises(UsageError, match="not a camera-only or fusion"):
         export_onnx.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "lidar.onnx")])
+
+
+def test_a_ground_prior_model_exports_with_the_prior_as_its_last_input(tmp_path):
+    cfg = get_config("flashocc_r50_tiny")
+    cfg.model.camera_ground_prior = True
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.nn.init.normal_(model.img_backbone.conv1_extra.weight, std=0.05)  # not the zeros of a new model
+    out = tmp_path / "prior.onnx"
+    names = deploy.export_onnx(model, example_batch(cfg), out)
+    assert names == ("images", "ranks_depth", "ranks_feat", "ranks_bev", "ground_prior")
+    assert [i.name for i in onnx.load(str(out)).graph.input] == list(names)
+    batch = example_batch(cfg)
+    batch["cam2ego"][:, :, 2, 3] += 0.2  # cameras 20 cm higher: another prior than the traced one
+    with torch.no_grad():
+        reference = model(batch)["occ_logits"]
+    inputs = deploy.graph_inputs(model, batch)
+    assert inputs["ground_prior"].shape == (1, 6, 1, *cfg.data.image_size)
+    max_abs, agreement = deploy.logit_agreement(reference, onnx_logits(out, inputs))
+    assert max_abs < 1e-3 and agreement >= 0.999

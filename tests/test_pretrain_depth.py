@@ -73,3 +73,22 @@ def test_depth_scores_count_cells_within_one_bin_of_their_target():
     assert loss > 0
     _, within = pretrain_depth.depth_scores(OneHotDepth(3), dataset, "cpu", model_cfg)
     assert within == 1 / 3
+
+
+def test_the_depth_net_reads_the_ground_prior_of_the_camera_geometry():
+    from occ.models.example_inputs import example_batch
+    outputs = {}
+    for prior in (False, True):
+        cfg = apply_overrides(get_config("effocc_fusion_r18_tiny"),
+                              CAMERA_R18 + ["model.depth_loss_weight=1.0", f"model.camera_ground_prior={prior}"])
+        torch.manual_seed(0)
+        model = pretrain_depth.MonoDepthNet(cfg.model).eval()
+        if prior:
+            torch.nn.init.normal_(model.img_backbone.conv1_extra.weight, std=0.5)
+        batch = example_batch(cfg)
+        lower = {**batch, "cam2ego": batch["cam2ego"].clone()}
+        lower["cam2ego"][:, :, 2, 3] -= 0.5   # cameras half a metre lower: another ground prior
+        with torch.no_grad():
+            outputs[prior] = (model(batch)["depth"], model(lower)["depth"])
+    assert torch.equal(*outputs[False])                             # without the prior the geometry is not read
+    assert (outputs[True][0] - outputs[True][1]).abs().max() > 1e-4  # with it, the depth depends on it

@@ -22,16 +22,26 @@ class ResNetTrunk(nn.Module):
     Attribute names follow torchvision so that its state dicts load directly.
     """
 
-    def __init__(self, name, stages):
+    def __init__(self, name, stages, extra_in_channels=0):
         super().__init__()
         net = getattr(torchvision.models, name)(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.stages = tuple(stages)
         self.out_channels = [RESNET_STAGE_CHANNELS[name][s - 1] for s in self.stages]
+        # maps stacked onto the image (e.g. the ground prior): conv1's kernel for them, zero at the start
+        # so that a trunk with ImageNet weights computes what it computed without them
+        self.conv1_extra = None
+        if extra_in_channels:
+            self.conv1_extra = nn.Conv2d(extra_in_channels, net.conv1.out_channels, 7, 2, 3, bias=False)
+            nn.init.zeros_(self.conv1_extra.weight)
 
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+    def forward(self, x, extra=None):
+        """x (B, 3, H, W), extra (B, extra_in_channels, H, W) when the trunk has them."""
+        if (extra is None) != (self.conv1_extra is None):
+            raise ValueError("the trunk takes extra input maps exactly when built with extra_in_channels")
+        x = self.conv1(x) if extra is None else self.conv1(x) + self.conv1_extra(extra)
+        x = self.maxpool(self.relu(self.bn1(x)))
         outs = []
         for stage, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
             x = layer(x)
@@ -63,9 +73,11 @@ class SwinTrunk(nn.Module):
         return outs
 
 
-def build_image_backbone(name, stages):
+def build_image_backbone(name, stages, extra_in_channels=0):
     if name in RESNET_STAGE_CHANNELS:
-        return ResNetTrunk(name, stages)
+        return ResNetTrunk(name, stages, extra_in_channels)
+    if extra_in_channels:
+        raise UsageError(f"model.camera_ground_prior needs a ResNet backbone, not {name!r}")
     if name in SWIN_STAGE_CHANNELS:
         return SwinTrunk(name, stages)
     raise UsageError(f"model.backbone = {name!r} is not one of "

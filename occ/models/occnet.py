@@ -13,7 +13,7 @@ from .heads import FlowHead, GeometryDecoder, OccHead
 from .image_backbone import build_image_backbone, load_pretrained, stage_stride
 from .lidar import LidarBranch
 from .necks import build_image_neck
-from .view_transform import LSSViewTransformer
+from .view_transform import LSSViewTransformer, batch_ground_prior
 
 
 class OccNet(nn.Module):
@@ -37,6 +37,8 @@ class OccNet(nn.Module):
         self.lidar_branch, self.fuser = lidar_branch, fuser
         self.bev_encoder, self.head = bev_encoder, head
         self.head_output = head_output  # "occ_logits" or "geo_logits"
+        # the image trunk also reads the ground inverse depth of each pixel (model.camera_ground_prior)
+        self.ground_prior = getattr(img_backbone, "conv1_extra", None) is not None
 
     @property
     def has_camera(self):
@@ -46,14 +48,19 @@ class OccNet(nn.Module):
     def has_lidar(self):
         return self.lidar_branch is not None
 
+    def image_features(self, batch):
+        """batch['images'] (B, N, 3, H, W) -> image features (B*N, C, H_f, W_f); with
+        model.camera_ground_prior the trunk also reads each pixel's ground inverse depth."""
+        images = batch["images"]
+        if images.dim() != 5:
+            raise ValueError(f"batch['images'] must be (B, N, 3, H, W), got {tuple(images.shape)}")
+        extra = (batch_ground_prior(batch),) if self.ground_prior else ()  # (B*N, 1, H, W)
+        return self.img_neck(self.img_backbone(images.flatten(0, 1), *extra))
+
     def forward(self, batch):
         out = {}
         if self.has_camera:
-            images = batch["images"]  # (B, N, 3, H, W)
-            if images.dim() != 5:
-                raise ValueError(f"batch['images'] must be (B, N, 3, H, W), got {tuple(images.shape)}")
-            img_feat = self.img_neck(self.img_backbone(images.flatten(0, 1)))  # (B*N, C, H_f, W_f)
-            out["cam_bev"], out["depth"] = self.view_transformer(img_feat, batch)
+            out["cam_bev"], out["depth"] = self.view_transformer(self.image_features(batch), batch)
         if self.has_lidar:
             out["lidar_bev"] = self.lidar_branch(batch["points"])
         if self.has_camera and self.has_lidar:
@@ -80,7 +87,7 @@ def build_camera_branch(cfg):
     if stage_stride(m.backbone_stages[0]) != m.downsample:
         raise UsageError(f"model.downsample = {m.downsample} but the first of model.backbone_stages "
                          f"{m.backbone_stages} has stride {stage_stride(m.backbone_stages[0])}")
-    backbone = build_image_backbone(m.backbone, m.backbone_stages)
+    backbone = build_image_backbone(m.backbone, m.backbone_stages, extra_in_channels=int(m.camera_ground_prior))
     if m.pretrained_path:
         load_pretrained(backbone, m.pretrained_path)
     neck = build_image_neck(m.img_neck, backbone.out_channels, m.img_neck_channels)

@@ -152,6 +152,30 @@ class LSSViewTransformer(nn.Module):
         return bev.flatten(1, 2), depth  # (B, C, Z, Y, X) -> (B, C * Z, Y, X)
 
 
+def ground_inverse_depth(cam2ego, intrinsics, post_rot, post_tran, image_hw, reference_depth=10.0):
+    """Per pixel of the (augmented) input images, `reference_depth` divided by the depth (along the
+    camera axis, as the frustum's d) at which the pixel's ray meets the ground plane z = 0 of the ego
+    frame; 0 where the ray points at or above the horizon. (B, N, 3/4 x 4 geometry) -> (B, N, 1, H, W).
+    A camera-only model's cue to where things stand: the ground contact of an object sets its depth."""
+    B, N = cam2ego.shape[:2]
+    H, W = image_hw
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float32, device=cam2ego.device),
+                          torch.arange(W, dtype=torch.float32, device=cam2ego.device), indexing="ij")
+    pixels = torch.stack([u, v, torch.ones_like(u)], dim=-1)  # (H, W, 3): [u', v', 1] of the augmented image
+    pixels = torch.einsum("bnij,bnhwj->bnhwi", torch.inverse(post_rot), pixels - post_tran.view(B, N, 1, 1, 3))
+    ray_z = torch.einsum("bnj,bnhwj->bnhw", (cam2ego[..., :3, :3] @ torch.inverse(intrinsics))[..., 2, :], pixels)
+    camera_height = cam2ego[..., 2, 3].view(B, N, 1, 1)  # ego z of the camera centre
+    return (-ray_z / camera_height).clamp(min=0).mul(reference_depth).unsqueeze(2)
+
+
+def batch_ground_prior(batch):
+    """ground_inverse_depth of a batch's images (batch['images'] (B, N, 3, H, W) and its geometry)
+    as extra trunk input maps (B*N, 1, H, W), in the images' dtype."""
+    images = batch["images"]
+    geometry = (batch[key].float() for key in GEOMETRY_KEYS[:4])  # cam2ego, intrinsics, post_rot, post_tran
+    return ground_inverse_depth(*geometry, images.shape[-2:]).flatten(0, 1).to(images.dtype)
+
+
 def mean_over_points(bev, ranks_bev, bev_shape):
     """Pooled sums (B, C, Z, Y, X) -> means over each cell's frustum points (ranks_bev (P,), one entry
     per point); cells without points stay 0. The counts depend on the geometry only."""
