@@ -58,7 +58,7 @@ from tqdm import tqdm
 
 from occ.checkpoint import (CHECKPOINT_NAME, checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint,
                             write_config_json)
-from occ.config import config_to_dict
+from occ.config import Config, config_to_dict
 from occ.data import make_train_loader, move_batch
 from occ.ema import EMA
 from occ.errors import UsageError
@@ -270,12 +270,15 @@ def flatten(tree, prefix=""):
 
 def check_resumable(checkpoint, path, cfg, settings):
     """Refuse to resume `checkpoint` (loaded from `path`) with a config or run settings that differ
-    from its own."""
+    from its own. A config field the checkpoint does not have (it was written before the field
+    existed) counts as its default, which keeps what the code did before: a run that sets such a
+    field otherwise is refused."""
     stored = checkpoint.get("config") or {}
     if stored.get("name") != cfg.name:
         raise UsageError(f"--resume: {path} is a run of preset '{stored.get('name')}', but this run is "
                          f"'{cfg.name}'; use the checkpoint's preset or another --work-dir")
-    old, new = flatten(stored), flatten(config_to_dict(cfg))   # config_to_dict is already JSON-plain
+    new = flatten(config_to_dict(cfg))   # config_to_dict is already JSON-plain
+    old = {**flatten(config_to_dict(Config())), **flatten(stored)}
     old_settings = (checkpoint.get("run") or {}).get("settings", {})
     new_settings = json.loads(json.dumps(settings))
     differences = [f"{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}"

@@ -413,3 +413,25 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert one["steps"] == two["steps"] == 8
     for name, value in one["model"].items():
         torch.testing.assert_close(two["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_counts_a_config_field_the_checkpoint_predates_as_its_default():
+    from occ.config import config_to_dict, get_config
+    from occ.errors import UsageError
+    from occ.loop import check_resumable
+    cfg = get_config("flashocc_r50_tiny")
+    stored = config_to_dict(cfg)
+    check_resumable({"config": stored}, "ckpt.pt", cfg, {})                     # the same config
+    del stored["model"]["camera_ground_prior"]                                  # written before the field existed
+    check_resumable({"config": stored}, "ckpt.pt", cfg, {})                     # the default: resumable
+    cfg.model.camera_ground_prior = True
+    with pytest.raises(UsageError, match="model.camera_ground_prior: checkpoint False, now True"):
+        check_resumable({"config": stored}, "ckpt.pt", cfg, {})
+    del stored["model"]["camera_height_bins"]          # predates height bins: 1, not the tiny presets' 8
+    cfg.model.camera_ground_prior = False
+    with pytest.raises(UsageError, match="model.camera_height_bins: checkpoint 1, now 8"):
+        check_resumable({"config": stored}, "ckpt.pt", cfg, {})
+    changed = config_to_dict(cfg)
+    changed["train"]["lr"] = 0.5                       # a field both have, changed
+    with pytest.raises(UsageError, match="train.lr: checkpoint 0.5"):
+        check_resumable({"config": changed}, "ckpt.pt", cfg, {})
