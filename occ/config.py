@@ -367,6 +367,9 @@ def finalize(cfg):
     if m.camera_depth_convs < 0 or (m.camera_depth_convs > 0 and m.modality == "fusion" and m.use_lidar_depth):
         raise UsageError(f"model.camera_depth_convs = {m.camera_depth_convs} must be >= 0, and 0 with LiDAR-depth "
                          f"input (whose depth net has its own two 3x3 convs)")
+    if m.camera_ground_prior and (m.modality == "lidar" or m.backbone not in ("resnet18", "resnet50")):
+        raise UsageError(f"model.camera_ground_prior needs a camera branch with a ResNet backbone "
+                         f"(model.modality = {m.modality!r}, model.backbone = {m.backbone!r})")
     if m.camera_bev_pooling not in BEV_POOLINGS:
         raise UsageError(f"model.camera_bev_pooling must be one of {BEV_POOLINGS}, got {m.camera_bev_pooling!r}")
     cfg.data.load_depth = (m.modality == "fusion" and m.use_lidar_depth) or m.depth_loss_weight > 0

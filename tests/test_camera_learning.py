@@ -287,6 +287,7 @@ def test_ground_prior_adds_a_zero_initialised_input_to_the_image_trunk_and_nothi
     prior.train()
     prior(batch)["occ_logits"].sum().backward()
     assert prior.img_backbone.conv1_extra.weight.grad.abs().sum() > 0  # it learns from the first step
-    with pytest.raises(UsageError, match="ResNet"):
-        build_model(camera_r18("model.camera_ground_prior=true", "model.backbone=swin_t",
-                               "model.backbone_stages=[2,3,4]"))
+    with pytest.raises(UsageError, match="ResNet backbone"):
+        camera_r18("model.camera_ground_prior=true", "model.backbone=swin_t")
+    with pytest.raises(UsageError, match="camera_ground_prior needs a camera branch"):
+        apply_overrides(get_config("effocc_lidar_tiny"), ["model.camera_ground_prior=true"])
