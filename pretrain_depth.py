@@ -33,9 +33,8 @@ from occ.data import move_batch
 from occ.errors import UsageError
 from occ.loop import evaluate_with_ema, fit, setup_run
 from occ.losses import depth_bin_count, depth_loss, depth_targets
-from occ.models.image_backbone import build_image_backbone, stage_stride
+from occ.models.image_backbone import build_image_backbone, stage_stride, trunk_outputs
 from occ.models.necks import build_image_neck
-from occ.models.view_transform import batch_ground_prior
 
 
 class MonoDepthNet(nn.Module):
@@ -48,7 +47,6 @@ class MonoDepthNet(nn.Module):
         if stage_stride(m.backbone_stages[0]) != m.downsample:
             raise UsageError(f"model.downsample = {m.downsample} but the first of model.backbone_stages "
                              f"{m.backbone_stages} has stride {stage_stride(m.backbone_stages[0])}")
-        self.ground_prior = m.camera_ground_prior  # as in OccNet: the trunk also reads the ground prior
         self.img_backbone = build_image_backbone(m.backbone, m.backbone_stages, int(m.camera_ground_prior))
         self.img_neck = build_image_neck(m.img_neck, self.img_backbone.out_channels, m.img_neck_channels)
         self.depth_head = nn.Conv2d(self.img_neck.out_channels, depth_bin_count(m.depth_bins), 1)
@@ -56,8 +54,7 @@ class MonoDepthNet(nn.Module):
     def forward(self, batch):
         images = batch["images"]
         B, N = images.shape[:2]
-        extra = (batch_ground_prior(batch),) if self.ground_prior else ()
-        logits = self.depth_head(self.img_neck(self.img_backbone(images.flatten(0, 1), *extra)))
+        logits = self.depth_head(self.img_neck(trunk_outputs(self.img_backbone, batch)))
         return {"depth": logits.softmax(dim=1).view(B, N, *logits.shape[1:])}
 
 

@@ -26,7 +26,7 @@ import warnings
 import torch
 from torch import nn
 
-from occ.models.view_transform import GEOMETRY_KEYS, ground_inverse_depth, mean_over_points
+from occ.models.view_transform import GEOMETRY_KEYS, batch_ground_prior, mean_over_points
 from occ.ops.bev_pool import bev_pool_v2_reference
 
 RANK_NAMES = ("ranks_depth", "ranks_feat", "ranks_bev")
@@ -91,8 +91,7 @@ def graph_inputs(model, batch):
     if model.has_lidar:
         inputs["lidar_bev"] = model.lidar_branch(batch["points"])
     if model.ground_prior:
-        inputs["ground_prior"] = ground_inverse_depth(*(batch[key] for key in GEOMETRY_KEYS[:4]),
-                                                      batch["images"].shape[-2:])
+        inputs["ground_prior"] = batch_ground_prior(batch)
     return inputs
 
 

@@ -7,6 +7,8 @@ from torch import nn
 
 from occ.errors import UsageError
 
+from .view_transform import batch_ground_prior
+
 # stage s (1..4) of every backbone has stride 2 ** (s + 1)
 RESNET_STAGE_CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet50": (256, 512, 1024, 2048)}
 SWIN_STAGE_CHANNELS = {"swin_t": (96, 192, 384, 768), "swin_b": (128, 256, 512, 1024)}
@@ -71,6 +73,15 @@ class SwinTrunk(nn.Module):
             if i % 2 == 1 and (i + 1) // 2 in self.stages:
                 outs.append(self.out_norms[len(outs)](x).permute(0, 3, 1, 2).contiguous())
         return outs
+
+
+def trunk_outputs(trunk, batch):
+    """The trunk's outputs for the B*N images of batch['images'] (B, N, 3, H, W), with each pixel's
+    ground inverse depth as a fourth input map when the trunk reads it (model.camera_ground_prior)."""
+    images = batch["images"].flatten(0, 1)
+    if getattr(trunk, "conv1_extra", None) is None:
+        return trunk(images)
+    return trunk(images, batch_ground_prior(batch).flatten(0, 1))
 
 
 def build_image_backbone(name, stages, extra_in_channels=0):

@@ -10,10 +10,10 @@ from .bev_encoder import ResNetBEVEncoder, SecondBEVEncoder
 from .det_head import CenterHead
 from .fuser import ConvFuser
 from .heads import FlowHead, GeometryDecoder, OccHead
-from .image_backbone import build_image_backbone, load_pretrained, stage_stride
+from .image_backbone import build_image_backbone, load_pretrained, stage_stride, trunk_outputs
 from .lidar import LidarBranch
 from .necks import build_image_neck
-from .view_transform import LSSViewTransformer, batch_ground_prior
+from .view_transform import LSSViewTransformer
 
 
 class OccNet(nn.Module):
@@ -37,8 +37,6 @@ class OccNet(nn.Module):
         self.lidar_branch, self.fuser = lidar_branch, fuser
         self.bev_encoder, self.head = bev_encoder, head
         self.head_output = head_output  # "occ_logits" or "geo_logits"
-        # the image trunk also reads the ground inverse depth of each pixel (model.camera_ground_prior)
-        self.ground_prior = getattr(img_backbone, "conv1_extra", None) is not None
 
     @property
     def has_camera(self):
@@ -48,14 +46,18 @@ class OccNet(nn.Module):
     def has_lidar(self):
         return self.lidar_branch is not None
 
+    @property
+    def ground_prior(self):
+        """The image trunk also reads each pixel's ground inverse depth (model.camera_ground_prior)."""
+        return getattr(self.img_backbone, "conv1_extra", None) is not None
+
     def image_features(self, batch):
         """batch['images'] (B, N, 3, H, W) -> image features (B*N, C, H_f, W_f); with
         model.camera_ground_prior the trunk also reads each pixel's ground inverse depth."""
         images = batch["images"]
         if images.dim() != 5:
             raise ValueError(f"batch['images'] must be (B, N, 3, H, W), got {tuple(images.shape)}")
-        extra = (batch_ground_prior(batch),) if self.ground_prior else ()  # (B*N, 1, H, W)
-        return self.img_neck(self.img_backbone(images.flatten(0, 1), *extra))
+        return self.img_neck(trunk_outputs(self.img_backbone, batch))
 
     def forward(self, batch):
         out = {}

@@ -169,11 +169,11 @@ def ground_inverse_depth(cam2ego, intrinsics, post_rot, post_tran, image_hw, ref
 
 
 def batch_ground_prior(batch):
-    """ground_inverse_depth of a batch's images (batch['images'] (B, N, 3, H, W) and its geometry)
-    as extra trunk input maps (B*N, 1, H, W), in the images' dtype."""
+    """ground_inverse_depth of a batch's images (batch['images'] (B, N, 3, H, W) and its geometry):
+    (B, N, 1, H, W) in the images' dtype."""
     images = batch["images"]
     geometry = (batch[key].float() for key in GEOMETRY_KEYS[:4])  # cam2ego, intrinsics, post_rot, post_tran
-    return ground_inverse_depth(*geometry, images.shape[-2:]).flatten(0, 1).to(images.dtype)
+    return ground_inverse_depth(*geometry, images.shape[-2:]).to(images.dtype)
 
 
 def mean_over_points(bev, ranks_bev, bev_shape):
