@@ -39,8 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import active_select  # noqa: E402
 import evaluate  # noqa: E402
 import train_fusion  # noqa: E402
-from bench.common import split_samples  # noqa: E402
-from datasets.build import default_split, ensure_synthetic_world  # noqa: E402
+from bench.common import training_samples  # noqa: E402
+from datasets.build import ensure_synthetic_world  # noqa: E402
 from occ import occ3d  # noqa: E402
 from occ.checkpoint import latest_checkpoint  # noqa: E402
 
@@ -92,7 +92,7 @@ def main():
     ensure_synthetic_world(args.data_root)
     torch.set_num_threads(args.threads)
 
-    train_samples = split_samples(args.data_root, default_split(args.data_root, "train"))
+    train_samples = training_samples(args.data_root)
     mask_counts = camera_mask_counts(args.data_root, train_samples)
     num_scenes = len({sample["scene_token"] for sample in train_samples})
     os.makedirs(args.work_dir, exist_ok=True)

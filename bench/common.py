@@ -27,8 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate  # noqa: E402
 import train_fusion  # noqa: E402
 from cli import budget_args  # noqa: E402
+from datasets.build import default_split  # noqa: E402
 from occ.checkpoint import CHECKPOINT_NAME, latest_checkpoint  # noqa: E402
 from occ.config import get_config  # noqa: E402
+from occ.data import scene_fraction  # noqa: E402
 from occ.optim import optimizer_steps_per_epoch  # noqa: E402
 
 # the nuScenes version (table folder) of each info split
@@ -66,6 +68,15 @@ def split_samples(data_root, split):
     samples.sort(key=lambda sample: (scenes[sample["scene_token"]], sample["timestamp"]))
     return [{"token": sample["token"], "scene_token": sample["scene_token"],
              "scene_name": scenes[sample["scene_token"]]} for sample in samples]
+
+
+def training_samples(data_root, fraction=1.0):
+    """The key frames (split_samples) of the scripts' default training split that lie in the seeded
+    `fraction` of its scenes: the samples train_fusion.py --scenes-fraction trains on and
+    train_distill.py --labelled-fraction labels."""
+    samples = split_samples(data_root, default_split(data_root, "train"))
+    scenes = scene_fraction(samples, fraction)
+    return [sample for sample in samples if sample["scene_token"] in scenes]
 
 
 def train_and_score(models, selected, data_root, work_root, train_args, score_args, results):

@@ -35,11 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train_distill  # noqa: E402
 import train_fusion  # noqa: E402
-from bench.common import epochs_for_steps, mean_and_spread, score_once, split_samples, train_once  # noqa: E402
-from datasets.build import default_split, ensure_synthetic_world  # noqa: E402
+from bench.common import epochs_for_steps, mean_and_spread, score_once, train_once, training_samples  # noqa: E402
+from datasets.build import ensure_synthetic_world  # noqa: E402
 from occ import occ3d  # noqa: E402
 from occ.config import get_config  # noqa: E402
-from occ.data import scene_fraction  # noqa: E402
 from occ.metrics import format_table  # noqa: E402
 
 TEACHER, CAMERA, STUDENT = "effocc_fusion_r18_tiny", "flashocc_r50_tiny", "distillocc_r50_tiny"
@@ -107,14 +106,15 @@ def main():
     ensure_synthetic_world(args.data_root)
     torch.set_num_threads(args.threads)
     # the training key frames ({token, scene_token, scene_name}), as the scripts' default train split
-    train_infos = split_samples(args.data_root, default_split(args.data_root, "train"))
+    train_infos = training_samples(args.data_root)
+    labelled_infos = training_samples(args.data_root, args.labelled_fraction)
     num_scenes = len({info["scene_token"] for info in train_infos})
-    labelled = scene_fraction(train_infos, args.labelled_fraction)
-    if len(labelled) == num_scenes:
+    num_labelled_scenes = len({info["scene_token"] for info in labelled_infos})
+    if num_labelled_scenes == num_scenes:
         sys.exit(f"error: --labelled-fraction {args.labelled_fraction} of the {num_scenes} training scenes of "
                  f"{args.data_root} labels every scene; generate more scenes or lower the fraction")
-    num_labelled = sum(info["scene_token"] in labelled for info in train_infos)
-    print(f"{args.data_root}: {len(labelled)} of {num_scenes} training scenes labelled "
+    num_labelled = len(labelled_infos)
+    print(f"{args.data_root}: {num_labelled_scenes} of {num_scenes} training scenes labelled "
           f"({num_labelled} of {len(train_infos)} samples)", flush=True)
     rounds = {seed: seed_round(args, seed, num_labelled, len(train_infos)) for seed in args.seeds}
 

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import score_constant, split_samples, train_and_score  # noqa: E402
+from bench.common import score_constant, split_samples, train_and_score, training_samples  # noqa: E402
 from datasets.build import default_split, ensure_synthetic_world  # noqa: E402
 from cli import budget_args  # noqa: E402
 from occ import occ3d  # noqa: E402
@@ -59,7 +59,7 @@ def main():
     torch.set_num_threads(args.threads)
 
     val_samples = split_samples(args.data_root, default_split(args.data_root, "val"))
-    train_samples = split_samples(args.data_root, default_split(args.data_root, "train"))
+    train_samples = training_samples(args.data_root)
     majority = majority_class(args.data_root, train_samples)
     results = {
         "all free": score_constant(args.data_root, [s["token"] for s in val_samples], occ3d.FREE,

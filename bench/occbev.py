@@ -54,12 +54,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pretrain_occbev  # noqa: E402
 import train_fusion  # noqa: E402
-from bench.common import epochs_for_steps, mean_and_spread, score_once, split_samples, train_once  # noqa: E402
+from bench.common import (epochs_for_steps, mean_and_spread, score_once, split_samples, train_once,  # noqa: E402
+                          training_samples)  # noqa: E402
 from datasets.build import default_split, ensure_synthetic_world  # noqa: E402
 from datasets import prepare_occbev  # noqa: E402  (a script: main(argv) only)
 from occ import occ3d  # noqa: E402
 from occ.checkpoint import latest_checkpoint  # noqa: E402
-from occ.data import scene_fraction  # noqa: E402
 
 # pretraining validates only where the bench asks (--val-every), not at every epoch's end
 NO_EPOCH_VALIDATION = "train.val_interval=1000000"
@@ -86,21 +86,13 @@ def all_occupied_iou(data_root, targets_dir):
     return occupied / (len(samples) * int(np.prod(occ3d.GRID_SHAPE)))
 
 
-def num_train_samples(data_root, fraction=1.0):
-    """The number of training key frames in the seeded `fraction` of the training scenes (the
-    scenes train_fusion.py --scenes-fraction trains on)."""
-    infos = split_samples(data_root, default_split(data_root, "train"))
-    scenes = scene_fraction(infos, fraction)
-    return sum(info["scene_token"] in scenes for info in infos)
-
-
 def pretrain(args, pretrain_dir, overrides):
     """Occ-BEV pre-training within the budget, validated at its last step; returns (steps, minutes
     trained now (None when read back), validation geometry IoU at that step)."""
     common = ["--config", "occbev_pretrain_tiny", "--data-root", args.data_root, "--set", *overrides,
               NO_EPOCH_VALIDATION, *([f"train.cosine_steps={args.pretrain_steps}",
                                       epochs_for_steps("occbev_pretrain_tiny", args.pretrain_steps,
-                                                       num_train_samples(args.data_root))]
+                                                       len(training_samples(args.data_root)))]
                                      if args.pretrain_steps else [])]
     if args.pretrain_steps:
         _, steps, minutes = train_once(pretrain_occbev, pretrain_dir, [*common, "--val-every", str(args.pretrain_steps)],
@@ -144,7 +136,7 @@ def finetune(args, overrides, init, seed, pretrained):
         train_fusion, work_dir, ["--config", config, "--data-root", args.data_root, "--scenes-fraction", str(fraction),
                                  "--no-val", "--set", *overrides, f"train.seed={seed}",
                                  f"train.cosine_steps={args.finetune_steps}",
-                                 epochs_for_steps(config, args.finetune_steps, num_train_samples(args.data_root, fraction)),
+                                 epochs_for_steps(config, args.finetune_steps, len(training_samples(args.data_root, fraction))),
                                  *(["--init-from", pretrained] if init == "Occ-BEV" else [])],
         steps=args.finetune_steps)
     if args.task == "occupancy" and not args.rayiou:

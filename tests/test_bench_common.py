@@ -90,3 +90,28 @@ def test_epochs_for_steps_lengthens_a_run_only_where_the_preset_epochs_end_it_ea
     # an epoch is a number of batches: the full preset's batch 8 makes 60 samples 8 updates
     assert get_config("effocc_fusion_r18").data.batch_size == 8
     assert epochs_for_steps("effocc_fusion_r18", 800, 60) == "train.epochs=100"
+
+
+
+def test_training_samples_are_the_frames_train_fusion_trains_on(data_root):
+    from bench.common import training_samples
+    from datasets.build import dataset_from_config, default_split
+    from datasets.prepare_nuscenes import info_path
+    from occ.config import get_config
+    dataset = dataset_from_config(get_config("flashocc_r50_tiny"), data_root,
+                                  info_path(data_root, default_split(data_root, "train")), train=True)
+    assert [s["token"] for s in training_samples(data_root)] == [info["token"] for info in dataset.infos]
+
+
+def test_training_samples_of_a_fraction_are_those_of_the_scenes_select_scenes_keeps(monkeypatch):
+    from bench.common import training_samples
+    from occ.data import select_scenes
+    samples = [{"token": f"{s}-{k}", "scene_token": f"scene-{s}", "scene_name": f"scene-{s:04d}"}
+               for s in range(10) for k in range(3)]
+    monkeypatch.setattr(bench.common, "default_split", lambda root, kind: f"{kind} of {root}")
+    monkeypatch.setattr(bench.common, "split_samples",
+                        lambda root, split: list(samples) if split == "train of root" else None)
+    dataset = types.SimpleNamespace(infos=list(samples))
+    select_scenes(dataset, 0.4)   # what train_fusion.py --scenes-fraction 0.4 does
+    picked = training_samples("root", 0.4)
+    assert picked == dataset.infos and len(picked) == 12
