@@ -11,7 +11,8 @@ same scenes `train_fusion.py --scenes-fraction` trains on) is labelled. The teac
 the checkpoint's config, EMA weights by default) is frozen, in eval mode and run under no_grad; it
 is not part of the optimizer, the EMA or the checkpoints. It reads the images, LiDAR points and
 depth maps of a batch; the student reads the same augmented images and camera geometry only.
-Losses (each logged to TensorBoard): CE on labelled samples, BEV feature MSE and logit cosine
+Losses (each logged to TensorBoard): CE on labelled samples (with train.loss "four": the four
+losses, class-weighted by the labelled frames' class frequencies), BEV feature MSE and logit cosine
 distance over fg / bg / empty masks from GT (labelled) or the teacher's argmax (unlabelled).
 """
 import dataclasses
@@ -22,6 +23,7 @@ import torch
 from accelerate.utils import set_seed
 
 from datasets.build import dataset_from_config
+from datasets.labelled import class_frequencies
 from datasets.nuscenes_occ import collate
 from occ.checkpoint import load_partial
 from occ.config import apply_overrides, get_config
@@ -29,7 +31,7 @@ from occ.data import scene_fraction
 from occ.loop import fit, setup_run
 from occ.errors import UsageError
 from occ.evaluation import build_model_from_checkpoint, make_occupancy_validate
-from occ.losses import camera_depth_loss, distill_losses
+from occ.losses import camera_depth_loss, class_weights_from_frequencies, distill_losses
 from occ.models import build_model
 
 TEACHER_ONLY_KEYS = ("points", "depth_maps")   # batch entries the camera-only student never sees
@@ -58,9 +60,9 @@ def build_config(args):
     if cfg.model.modality != "camera" or cfg.model.head != "occ":
         raise UsageError(f"--config {args.config}: the student must be a camera-only occupancy model, got "
                          f"modality '{cfg.model.modality}' with a '{cfg.model.head}' head")
-    if cfg.train.loss != "ce":
+    if cfg.train.loss not in ("ce", "four"):
         raise UsageError(f"train.loss={cfg.train.loss!r} is not implemented by train_distill.py: the labelled "
-                         f"samples get the cross-entropy of the DistillOcc losses (train.loss='ce')")
+                         f"samples get DistillOcc's cross-entropy (train.loss='ce') or the four losses ('four')")
     if args.teacher_ckpt:
         cfg.distill.teacher_ckpt = args.teacher_ckpt
     if not cfg.distill.teacher_ckpt:
@@ -151,14 +153,16 @@ def forward_pair(student, teacher, batch):
     return student(student_inputs(batch)), teacher_out
 
 
-def make_loss_fn(teacher, student_cfg):
-    """loss_fn(student, batch) -> the seven named DistillOcc losses (docs/training.md#distillocc), plus
-    the student's depth loss when it is trained with depth supervision (model.depth_loss_weight > 0;
-    on every frame, labelled or not: the LiDAR is there)."""
+def make_loss_fn(teacher, student_cfg, class_weights=None):
+    """loss_fn(student, batch) -> the named DistillOcc losses (docs/training.md#distillocc; with
+    train.loss "four" the four losses, weighted by `class_weights`, in place of the CE), plus the
+    student's depth loss when it is trained with depth supervision (model.depth_loss_weight > 0; on
+    every frame, labelled or not: the LiDAR is there)."""
     def loss_fn(student, batch):
         student_out, teacher_out = forward_pair(student, teacher, batch)
         losses = distill_losses(student_out["bev_feat"], student_out["occ_logits"], teacher_out["bev_feat"],
-                                teacher_out["occ_logits"], batch["semantics"], batch["mask_camera"], batch["labelled"])
+                                teacher_out["occ_logits"], batch["semantics"], batch["mask_camera"], batch["labelled"],
+                                student_cfg.train.loss, class_weights)
         return {**losses, **camera_depth_loss(student_out, batch, student_cfg.model)}
     return loss_fn
 
@@ -170,6 +174,10 @@ def main(argv=None):
     train_split, train_info = cli.info_file(args, "train")
     train_set = distillation_dataset(cfg, teacher_cfg, args.data_root, train_info, args.skip_bad_samples)
     labelled_scenes = scene_fraction(train_set.infos, args.labelled_fraction)
+    class_weights = None
+    if cfg.train.loss == "four":   # weighted by the class frequencies of the labelled frames
+        labelled_infos = [info for info in train_set.infos if info["scene_token"] in labelled_scenes]
+        class_weights = class_weights_from_frequencies(class_frequencies(train_set, infos=labelled_infos))
     train_set = LabelledScenes(train_set, labelled_scenes)
     val_set = None
     if not args.no_val:
@@ -192,7 +200,7 @@ def main(argv=None):
             f"scenes (fraction {args.labelled_fraction}), {len(val_set) if val_set else 0} validation samples, "
             f"{run.accelerator.num_processes} process(es)")
     validate = make_occupancy_validate(val_set, collate) if val_set else None
-    return fit(run, make_loss_fn(teacher, cfg), validate, **cli.fit_options(args))
+    return fit(run, make_loss_fn(teacher, cfg, class_weights), validate, **cli.fit_options(args))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,11 @@ import cli  # noqa: F401  (first: quiets third-party warnings before they are im
 
 import torch
 from accelerate.utils import set_seed
-from tqdm import tqdm
 
 from datasets.build import dataset_from_config
-from datasets.labelled import LabelledFrames
-from datasets.nuscenes_occ import collate, load_occ_gt
-from occ import occ3d, waymo
+from datasets.labelled import LabelledFrames, class_frequencies
+from datasets.nuscenes_occ import collate
+from occ import waymo
 from occ.active import load_selection, selection_sha256
 from occ.checkpoint import load_checkpoint, load_partial, model_weights
 from occ.config import apply_overrides, get_config
@@ -32,7 +31,7 @@ from occ.loop import fit, setup_run
 from occ.errors import UsageError
 from occ.evaluation import make_occupancy_validate
 from occ.flow import flow_loss
-from occ.losses import (camera_depth_loss, class_weights_from_frequencies, count_class_voxels, four_losses,
+from occ.losses import (camera_depth_loss, class_weights_from_frequencies, four_losses,
                         masked_cross_entropy, ohem_cross_entropy)
 from occ.openocc_evaluation import make_openocc_validate
 from occ.openoccupancy_evaluation import make_openoccupancy_validate
@@ -88,17 +87,6 @@ def build_config(args):
     if cfg.train.loss == "ohem" and cfg.data.benchmark != "waymo":
         raise UsageError("train.loss = 'ohem' uses the Occ3D-Waymo class weights: set data.benchmark = 'waymo'")
     return cfg
-
-
-def class_frequencies(dataset, selection=None):
-    """Per-class voxel counts inside the camera mask over the training GT (for the four-loss CE);
-    with an active-learning `selection`, only over its labelled voxels."""
-    counts = torch.zeros(occ3d.NUM_CLASSES, dtype=torch.int64)
-    for info in tqdm(dataset.infos, desc="class frequencies", unit="sample"):
-        gt = load_occ_gt(dataset.gt_path(info))
-        mask = gt["mask_camera"] if selection is None else gt["mask_camera"] & selection.label_mask(info["token"])
-        counts += count_class_voxels(torch.from_numpy(gt["semantics"]), torch.from_numpy(mask))
-    return counts
 
 
 def make_loss_fn(cfg, class_weights=None):

@@ -79,27 +79,26 @@ def training_samples(data_root, fraction=1.0):
     return [sample for sample in samples if sample["scene_token"] in scenes]
 
 
-def train_and_score(models, selected, data_root, work_root, train_args, score_args, results):
+def train_and_score(models, selected, data_root, work_root, train_args, score_args, results, steps=None,
+                    minutes=None):
     """Trains each (modality, preset) of `models` whose modality is in `selected` with
-    train_fusion.py (--config PRESET --data-root DATA_ROOT --work-dir WORK_ROOT/PRESET --no-val,
-    plus `train_args`, which hold the budget) and scores its last checkpoint with evaluate.py
-    (`score_args` plus --data-root, --ckpt and --out WORK_DIR/metrics.json). Adds {"modality
-    (preset)": metrics} to `results`; returns ({modality: optimizer steps}, {modality: minutes})."""
-    steps, minutes = {}, {}
+    train_fusion.py (--config PRESET --data-root DATA_ROOT --no-val plus `train_args`) into
+    WORK_ROOT/PRESET for `steps` optimizer steps, else `minutes` (train_once: a stopped run is
+    continued, a finished one read back) and scores its last checkpoint with evaluate.py
+    (score_once: `score_args` plus --data-root). Adds {"modality (preset)": metrics} to `results`;
+    returns ({modality: optimizer steps}, {modality: minutes trained now}; a run read back has none)."""
+    steps_done, minutes_spent = {}, {}
     for modality, preset in models:
         if modality not in selected:
             continue
-        work_dir = os.path.join(work_root, preset)
         print(f"\n=== {modality}: {preset}, {' '.join(train_args)} ===", flush=True)
-        started = time.perf_counter()
-        position = train_fusion.main(["--config", preset, "--data-root", data_root, "--work-dir", work_dir,
-                                      "--no-val", *train_args])
-        minutes[modality] = (time.perf_counter() - started) / 60
-        steps[modality] = position.step
-        results[f"{modality} ({preset})"] = evaluate.main([*score_args, "--data-root", data_root, "--ckpt",
-                                                          str(latest_checkpoint(work_dir)),
-                                                          "--out", os.path.join(work_dir, "metrics.json")])
-    return steps, minutes
+        checkpoint, steps_done[modality], spent = train_once(
+            train_fusion, os.path.join(work_root, preset),
+            ["--config", preset, "--data-root", data_root, "--no-val", *train_args], steps, minutes)
+        if spent is not None:
+            minutes_spent[modality] = spent
+        results[f"{modality} ({preset})"] = score_once(checkpoint, [*score_args, "--data-root", data_root])
+    return steps_done, minutes_spent
 
 
 def train_once(script, work_dir, argv, steps=None, minutes=None):

@@ -9,7 +9,9 @@ minutes each, or with --steps for the same number of optimizer steps (on a CPU a
 about twice a LiDAR-only step, so equal minutes favour the LiDAR-only model; equal steps compare
 what each model learns from the same samples), all at one learning rate. Scores each with
 evaluate.py (EMA weights, camera mask) and prints the per-class IoU table and one line per model:
-name, modality, steps, minutes, mIoU, geometry IoU, RayIoU.
+name, modality, steps, minutes, mIoU, geometry IoU, RayIoU. With --steps a run stopped half-way
+is continued and a finished one read back when the command is run again (minutes: none trained
+now); a --minutes run cannot be continued, so its work dir must be fresh.
 Two trivial predictors give the floor: everything free, and the most frequent occupied class of
 the training GT everywhere; their predictions are written to WORK_DIR/floor_* (Occ3D submission
 format) and scored by evaluate.py --pred-dir.
@@ -25,7 +27,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import score_constant, split_samples, train_and_score, training_samples  # noqa: E402
 from datasets.build import default_split, ensure_synthetic_world  # noqa: E402
-from cli import budget_args  # noqa: E402
 from occ import occ3d  # noqa: E402
 from occ.metrics import format_table  # noqa: E402
 
@@ -69,8 +70,7 @@ def main():
             os.path.join(args.work_dir, "floor_majority")),
     }
     steps, minutes = train_and_score(MODELS, args.models, args.data_root, args.work_dir,
-                                     [*budget_args(args.steps, args.minutes), "--set", f"train.lr={args.lr}"],
-                                     [], results)
+                                     ["--set", f"train.lr={args.lr}"], [], results, args.steps, args.minutes)
 
     names = occ3d.CLASS_NAMES[:occ3d.FREE]
     columns = {key.split(" ")[0]: [m["per_class"][n]["iou"] for n in names] for key, m in results.items()}

@@ -10,7 +10,8 @@ effocc_waymo_lidar_tiny for the same number of optimizer steps on every --frames
 frame (5: the 20 % setting of the paper), OHEM loss, the tiny presets' rate, no validation while
 training; scores each checkpoint (EMA weights) with evaluate.py --benchmark waymo on the validation
 split (mIoU over the 15 classes inside infov AND final_voxel_state) and prints the per-class table
-and one line per model with steps, minutes and s/step (wall clock, on a shared CPU). Two trivial
+and one line per model with steps, minutes and s/step (wall clock, on a shared CPU; a run that
+an earlier command finished is read back, one it stopped is continued). Two trivial
 predictors give the floor: everything free, and the most frequent non-free class of the training
 GT (inside the loss mask) everywhere; their predictions are written to WORK_DIR/floor_* and scored
 with --pred-dir.
@@ -26,7 +27,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import score_constant, train_and_score  # noqa: E402
-from cli import budget_args  # noqa: E402
 from datasets import make_synthetic, prepare_waymo  # noqa: E402  (scripts: main(argv) only)
 from occ import waymo  # noqa: E402
 from occ.metrics import format_table  # noqa: E402
@@ -82,8 +82,8 @@ def main():
             "waymo"),
     }
     steps, minutes = train_and_score(MODELS, args.models, args.data_root, args.work_dir,
-                                     [*budget_args(args.steps, None), "--frames-every", str(args.frames_every)],
-                                     ["--benchmark", "waymo"], results)
+                                     ["--frames-every", str(args.frames_every)], ["--benchmark", "waymo"], results,
+                                     steps=args.steps)
 
     names = waymo.CLASS_NAMES[:waymo.FREE]
     columns = {key.split(" ")[0]: [m["per_class"][n]["iou"] for n in names] for key, m in results.items()}

@@ -1,10 +1,26 @@
-"""The labelled part of a training set in active learning (train_fusion.py --labelled,
-docs/training.md#active-learning): the frames of a selection file, each sample with its
-`label_mask`."""
+"""The labelled part of a training set: in active learning (train_fusion.py --labelled,
+docs/training.md#active-learning) the frames of a selection file, each sample with its
+`label_mask`; and the class frequencies of the labelled voxels, which weight the four losses."""
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from datasets import transforms
+from datasets.nuscenes_occ import load_occ_gt
+from occ import occ3d
+from occ.losses import count_class_voxels
+
+
+def class_frequencies(dataset, selection=None, infos=None):
+    """Per-class voxel counts (occ3d.NUM_CLASSES,) int64 inside the camera mask over the GT of
+    `infos` (default: every sample of `dataset`, a NuScenesOccDataset), for the class weights of
+    the four losses; with an active-learning `selection`, only over its labelled voxels."""
+    counts = torch.zeros(occ3d.NUM_CLASSES, dtype=torch.int64)
+    for info in tqdm(dataset.infos if infos is None else infos, desc="class frequencies", unit="sample"):
+        gt = load_occ_gt(dataset.gt_path(info))
+        mask = gt["mask_camera"] if selection is None else gt["mask_camera"] & selection.label_mask(info["token"])
+        counts += count_class_voxels(torch.from_numpy(gt["semantics"]), torch.from_numpy(mask))
+    return counts
 
 
 def bev_flips(bda):

@@ -311,12 +311,13 @@ def camera_from_scratch_levers(cfg):
     of a CPU (docs/training.md#camera-only-tiny-presets): depth supervision from the LiDAR, 8 height
     bins and mean pooling in the camera BEV, no augmentation (the tiny models underfit), a cosine
     decay over 1600 updates (10 epochs of the synthetic world; set train.cosine_steps to the run's length), and
-    for an occupancy model trained on labels alone the four class-balanced losses."""
+    for an occupancy model the four class-balanced losses (the distilled student on its labelled
+    frames too, so that it differs from the camera-only model only by what it learns from the teacher)."""
     d, m = cfg.data, cfg.model
     m.depth_loss_weight, m.camera_height_bins, m.camera_bev_pooling = 3.0, 8, "mean"
     cfg.train.lr_schedule, cfg.train.cosine_steps = "cosine", 1600
     d.resize_jitter, d.rotate_deg, d.flip_prob, d.bev_flip = (0.0, 0.0), (0.0, 0.0), 0.0, False
-    if m.head == "occ" and cfg.distill.teacher is None:  # the distilled student keeps DistillOcc's CE
+    if m.head == "occ":
         cfg.train.loss = "four"
 
 

@@ -257,14 +257,16 @@ def logit_cosine_distance(student_logits, teacher_logits, voxel_mask):
 
 
 def distill_losses(student_bev, student_logits, teacher_bev, teacher_logits, semantics,
-                   mask_camera, labelled):
+                   mask_camera, labelled, loss="ce", class_weights=None):
     """The seven DistillOcc losses (docs/training.md#distillocc), each weight 1, as a dict of named scalars.
 
     student_bev, teacher_bev: (B, 512, Y, X); student_logits, teacher_logits: (B, X, Y, Z, 18);
     semantics (B, X, Y, Z) int64 and mask_camera (B, X, Y, Z) bool, read only for samples with
     labelled[b] True (B,) bool. Masks come from GT on labelled samples and from the teacher's
-    argmax on the others. loss_ce is the masked CE over labelled samples (0 when none is);
-    the feature and logit terms use all samples and no camera mask.
+    argmax on the others. The supervised term covers the camera-visible voxels of the labelled
+    samples (0 when none is): with loss "ce" (DistillOcc) loss_ce, the masked CE; with "four" the
+    four losses of `four_losses` (class-weighted by `class_weights`) in its place, as a camera-only
+    model trained with them gets. The feature and logit terms use all samples and no camera mask.
     """
     batch = student_logits.shape[0]
     if labelled.shape != (batch,) or labelled.dtype != torch.bool:
@@ -276,8 +278,15 @@ def distill_losses(student_bev, student_logits, teacher_bev, teacher_logits, sem
     per_sample = labelled.view(batch, 1, 1, 1)
     labels = torch.where(per_sample, semantics, teacher_logits.detach().argmax(-1))
     masks = distill_masks(labels)
+    supervised = mask_camera & per_sample
+    if loss == "four":
+        supervised_losses = four_losses(student_logits, labels, supervised, class_weights)
+    elif loss == "ce":
+        supervised_losses = {"loss_ce": masked_cross_entropy(student_logits, labels, supervised)}
+    else:
+        raise ValueError(f"the supervised term of the distillation losses is 'ce' or 'four', got {loss!r}")
     return {
-        "loss_ce": masked_cross_entropy(student_logits, labels, mask_camera & per_sample),
+        **supervised_losses,
         "loss_feat_fg": bev_feature_mse(student_bev, teacher_bev, masks["fg_col"]),
         "loss_feat_bg": bev_feature_mse(student_bev, teacher_bev, masks["bg_col"]),
         "loss_feat_empty": bev_feature_mse(student_bev, teacher_bev, masks["empty_col"]),

@@ -74,6 +74,32 @@ def test_scores_are_read_back_for_the_same_arguments_only(tmp_path, monkeypatch)
     assert len(scored) == 2 and len(list(tmp_path.glob("step_00000005.*.metrics.json"))) == 2
 
 
+def test_train_and_score_trains_and_scores_each_selected_model_once(tmp_path, monkeypatch):
+    from bench.common import train_and_score
+    trained, scored = [], []
+
+    def fake_evaluate(argv):
+        scored.append(argv)
+        with open(argv[argv.index("--out") + 1], "w") as f:
+            json.dump({"miou": 0.5}, f)
+        return {"miou": 0.5}
+    monkeypatch.setattr(bench.common, "train_fusion", fake_script(trained))
+    monkeypatch.setattr(bench.common.evaluate, "main", fake_evaluate)
+    models = [("fusion", "preset_a"), ("lidar", "preset_b")]
+    for root in ("preset_a", "preset_b"):
+        (tmp_path / root).mkdir()
+    results = {}
+    steps, minutes = train_and_score(models, ["lidar"], "data", str(tmp_path), ["--set", "x=1"], ["--benchmark", "b"],
+                                     results, steps=3)
+    assert steps == {"lidar": 3} and set(minutes) == {"lidar"} and results == {"lidar (preset_b)": {"miou": 0.5}}
+    assert trained[0][trained[0].index("--config") + 1] == "preset_b" and trained[0][-2:] == ["--set", "x=1"]
+    assert scored[0][:4] == ["--ckpt", str(tmp_path / "preset_b" / "step_00000003.pt"), "--benchmark", "b"]
+    # run again: the finished run is read back, neither trained nor scored a second time
+    steps, minutes = train_and_score(models, ["lidar"], "data", str(tmp_path), ["--set", "x=1"], ["--benchmark", "b"],
+                                     results, steps=3)
+    assert (steps, minutes, len(trained), len(scored)) == ({"lidar": 3}, {}, 1, 1)
+
+
 def test_mean_and_spread_on_hand_made_values():
     mean, std, low, high = mean_and_spread([1.0, 2.0, 6.0])
     assert (mean, low, high) == (3.0, 1.0, 6.0)

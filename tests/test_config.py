@@ -131,7 +131,6 @@ def test_camera_only_tiny_presets_get_the_camera_study_levers_and_no_other_prese
         if name.endswith("_tiny") and cfg.model.modality == "camera":
             assert levers == (3.0, 8, "mean", False, 0.0, 1600), name
             assert cfg.train.lr_schedule == "cosine" and cfg.data.resize_jitter == (0.0, 0.0), name
-            assert cfg.train.loss == {"occ": "ce" if cfg.distill.teacher else "four", "geometry": "focal",
-                                      "detection": "centerpoint"}[cfg.model.head], name
+            assert cfg.train.loss == {"occ": "four", "geometry": "focal", "detection": "centerpoint"}[cfg.model.head], name
         else:
             assert levers[:3] == (0.0, 1, "sum") and cfg.train.cosine_steps == 0, name

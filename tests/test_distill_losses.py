@@ -130,6 +130,35 @@ def test_distill_ce_is_zero_without_labelled_samples_and_teacher_gets_no_gradien
                               torch.ones(2, 2, 2, 3, dtype=torch.bool), torch.tensor([1, 0]))
 
 
+
+def test_distill_losses_with_the_four_losses_put_them_in_place_of_the_ce_on_the_labelled_samples():
+    torch.manual_seed(0)
+    gt0 = GRID[0]
+    teacher_logits = torch.randn(2, 2, 2, 3, 18)
+    semantics = torch.stack([gt0, torch.zeros_like(gt0)])           # sample 1 unlabelled: its GT is zeroed
+    mask_camera = torch.rand(2, 2, 2, 3) > 0.3
+    student_logits = torch.randn(2, 2, 2, 3, 18, requires_grad=True)
+    student_bev, teacher_bev = torch.randn(2, 4, 2, 2), torch.randn(2, 4, 2, 2)
+    weights = torch.rand(18) + 0.5
+    args = (student_bev, student_logits, teacher_bev, teacher_logits, semantics, mask_camera)
+    ce = losses.distill_losses(*args, torch.tensor([True, False]))
+    four = losses.distill_losses(*args, torch.tensor([True, False]), "four", weights)
+    # the four losses of sample 0 alone, class-weighted; the six teacher terms as with the CE
+    expected = losses.four_losses(student_logits[:1], gt0[None], mask_camera[:1], weights)
+    assert set(four) == set(ce) | set(expected)
+    for name, value in expected.items():
+        assert four[name].item() == pytest.approx(value.item(), rel=1e-6), name
+    for name in set(ce) - {"loss_ce"}:
+        assert four[name].item() == pytest.approx(ce[name].item(), rel=1e-6), name
+    # without a labelled sample every supervised term is 0 and the student still gets finite gradients
+    none = losses.distill_losses(*args, torch.tensor([False, False]), "four", weights)
+    assert all(none[name].item() == 0.0 for name in expected)
+    sum(none.values()).backward()
+    assert torch.isfinite(student_logits.grad).all()
+    with pytest.raises(ValueError, match="'ce' or 'four'"):
+        losses.distill_losses(*args, torch.tensor([True, False]), "focal")
+
+
 def test_focal_loss_matches_hand_formula():
     sigmoid = lambda x: 1 / (1 + math.exp(-x))
 

@@ -149,6 +149,13 @@ def test_a_training_step_moves_the_student_only_and_logs_each_loss(two_scene_roo
         return loaded["teacher"], teacher_cfg
 
     monkeypatch.setattr(train_distill, "load_teacher", load_teacher_and_keep)
+    counted, class_frequencies = [], train_distill.class_frequencies
+
+    def class_frequencies_and_keep(dataset, selection=None, infos=None):
+        counted.append(infos)
+        return class_frequencies(dataset, selection, infos)
+
+    monkeypatch.setattr(train_distill, "class_frequencies", class_frequencies_and_keep)
     work_dir = tmp_path / "student"
     position = train_distill.main(distill_args(two_scene_root, work_dir, teacher_ckpt, "--train-split", "mini_all",
                                                "--labelled-fraction", "0.5", "--no-val", "--max-steps", "1",
@@ -167,7 +174,14 @@ def test_a_training_step_moves_the_student_only_and_logs_each_loss(two_scene_roo
     assert checkpoint["config"]["distill"]["teacher_ckpt"] == str(teacher_ckpt)
     teacher_head = teacher.head.state_dict()
     assert any(not torch.equal(checkpoint["model"][f"head.{k}"], v) for k, v in teacher_head.items())
-    # each of the seven losses is its own TensorBoard scalar
+    # each of the seven losses is its own TensorBoard scalar; the tiny student has the four losses
+    # (train.loss "four") in place of the CE, weighted by the class frequencies of its labelled frames
     events = EventAccumulator(str(work_dir / "tensorboard"))
     events.Reload()
-    assert {f"train/{name}" for name in LOSS_NAMES} <= set(events.Tags()["scalars"])
+    assert get_config(STUDENT).train.loss == "four"
+    assert {f"train/{name}" for name in LOSS_NAMES + ["loss_sem_scal", "loss_geo_scal", "loss_lovasz"]} \
+        <= set(events.Tags()["scalars"])
+    with open(two_scene_root / "occ_infos_mini_all.pkl", "rb") as f:
+        labelled_scenes = train_distill.scene_fraction(pickle.load(f)["infos"], 0.5)
+    assert len(counted) == 1 and len(labelled_scenes) == 1
+    assert counted[0] and all(info["scene_token"] in labelled_scenes for info in counted[0])
