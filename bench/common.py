@@ -28,9 +28,10 @@ import evaluate  # noqa: E402
 import train_fusion  # noqa: E402
 from cli import budget_args  # noqa: E402
 from datasets.build import default_split  # noqa: E402
-from occ.checkpoint import CHECKPOINT_NAME, latest_checkpoint  # noqa: E402
+from occ.checkpoint import CHECKPOINT_NAME, latest_checkpoint, load_checkpoint  # noqa: E402
 from occ.config import get_config  # noqa: E402
 from occ.data import scene_fraction  # noqa: E402
+from occ.loop import config_differences  # noqa: E402
 from occ.optim import optimizer_steps_per_epoch  # noqa: E402
 
 # the nuScenes version (table folder) of each info split
@@ -106,7 +107,8 @@ def train_once(script, work_dir, argv, steps=None, minutes=None):
     (an interruption, the end of a session) goes on where it stopped when run again. Trains
     `script.main` (train_fusion.py, train_distill.py or pretrain_occbev.py) into `work_dir` with
     `argv` plus the budget (--max-steps `steps`, else --max-minutes `minutes`). A run that already
-    reached `steps` is not trained again; one that stopped before is continued with --resume. A
+    reached `steps` is not trained again (if its config is still the one `argv` asks for:
+    check_finished_run); one that stopped before is continued with --resume (which checks it). A
     --max-minutes run cannot be continued to the same budget, so a work dir with checkpoints is
     refused then. Only the last checkpoint of a run is kept (a run saves one per epoch, each as
     large as the model and its optimizer state: gigabytes over a benchmark's runs). Returns (last
@@ -118,6 +120,7 @@ def train_once(script, work_dir, argv, steps=None, minutes=None):
             sys.exit(f"error: {work_dir} holds checkpoints (latest {latest.name}) of an earlier run with a minutes "
                      f"budget, which cannot be continued to the same budget; remove the folder or give a step budget")
         if step >= steps:
+            check_finished_run(script, latest, ["--work-dir", work_dir, *budget_args(steps, minutes), *argv])
             print(f"{work_dir}: trained already ({latest.name}), not trained again", flush=True)
             return keep_only_latest(work_dir), step, None
         print(f"{work_dir}: continuing from {latest.name} to step {steps}", flush=True)
@@ -125,6 +128,20 @@ def train_once(script, work_dir, argv, steps=None, minutes=None):
     position = script.main(["--work-dir", work_dir, *budget_args(steps, minutes),
                             *(["--resume"] if latest is not None else []), *argv])
     return keep_only_latest(work_dir), position.step, (time.perf_counter() - started) / 60
+
+
+def check_finished_run(script, checkpoint, argv):
+    """Refuse to read back the finished run of `checkpoint` when the config that `script` builds
+    from `argv` (its parse_args and build_config) differs from the checkpoint's: an override
+    changed, or a preset's default since the run was trained. The message names the fields."""
+    cfg = script.build_config(script.parse_args(argv))
+    stored = load_checkpoint(checkpoint).get("config") or {}
+    differences = config_differences(stored, cfg)
+    if stored.get("name") != cfg.name:
+        differences.insert(0, f"preset: checkpoint {stored.get('name')!r}, now {cfg.name!r}")
+    if differences:
+        sys.exit(f"error: {checkpoint.parent} holds a finished run ({checkpoint.name}) of another config than "
+                 f"this benchmark's now; remove the folder to train it again:\n  " + "\n  ".join(differences))
 
 
 def epochs_for_steps(config, steps, num_samples):

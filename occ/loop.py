@@ -268,22 +268,27 @@ def flatten(tree, prefix=""):
     return flat
 
 
+def config_differences(stored, cfg):
+    """Lines "key: checkpoint X, now Y", one per config field in which a checkpoint's config
+    `stored` (its dict) differs from `cfg`, apart from RESUMABLE_CHANGES. A field the checkpoint
+    does not have (it was written before the field existed) counts as its default, which keeps
+    what the code did before: a config that sets such a field otherwise differs."""
+    new = flatten(config_to_dict(cfg))   # config_to_dict is already JSON-plain
+    old = {**flatten(config_to_dict(Config())), **flatten(stored)}
+    return [f"{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key) and key not in RESUMABLE_CHANGES]
+
+
 def check_resumable(checkpoint, path, cfg, settings):
-    """Refuse to resume `checkpoint` (loaded from `path`) with a config or run settings that differ
-    from its own. A config field the checkpoint does not have (it was written before the field
-    existed) counts as its default, which keeps what the code did before: a run that sets such a
-    field otherwise is refused."""
+    """Refuse to resume `checkpoint` (loaded from `path`) with a config (config_differences) or run
+    settings that differ from its own."""
     stored = checkpoint.get("config") or {}
     if stored.get("name") != cfg.name:
         raise UsageError(f"--resume: {path} is a run of preset '{stored.get('name')}', but this run is "
                          f"'{cfg.name}'; use the checkpoint's preset or another --work-dir")
-    new = flatten(config_to_dict(cfg))   # config_to_dict is already JSON-plain
-    old = {**flatten(config_to_dict(Config())), **flatten(stored)}
     old_settings = (checkpoint.get("run") or {}).get("settings", {})
     new_settings = json.loads(json.dumps(settings))
-    differences = [f"{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}"
-                   for key in sorted(old.keys() | new.keys())
-                   if old.get(key) != new.get(key) and key not in RESUMABLE_CHANGES]
+    differences = config_differences(stored, cfg)
     differences += [f"{key}: checkpoint {old_settings.get(key)!r}, now {new_settings.get(key)!r}"
                     for key in sorted(old_settings.keys() | new_settings.keys())
                     if old_settings.get(key) != new_settings.get(key)]

@@ -6,19 +6,26 @@ import pytest
 
 import bench.common
 from bench.common import mean_and_spread, score_once, train_once
+from occ.checkpoint import save_checkpoint
+from occ.config import apply_overrides, get_config
 
 
 def fake_script(calls):
     """A stand-in for train_fusion / train_distill / pretrain_occbev: records its argv and writes
-    the checkpoint of the step its --max-steps asks for."""
+    the checkpoint of the step its --max-steps asks for, with the config of flashocc_r50_tiny and
+    the argv's --set overrides (its parse_args and build_config)."""
+    def build_config(argv):
+        cfg = get_config("flashocc_r50_tiny")
+        apply_overrides(cfg, argv[argv.index("--set") + 1:] if "--set" in argv else [])
+        return cfg
+
     def main(argv):
         calls.append(argv)
         work_dir = argv[argv.index("--work-dir") + 1]
         step = int(argv[argv.index("--max-steps") + 1])
-        with open(f"{work_dir}/step_{step:08d}.pt", "w") as f:
-            f.write("checkpoint")
+        save_checkpoint(f"{work_dir}/step_{step:08d}.pt", model={}, config=build_config(argv))
         return types.SimpleNamespace(step=step)
-    return types.SimpleNamespace(main=main)
+    return types.SimpleNamespace(main=main, parse_args=list, build_config=build_config)
 
 
 def test_a_fresh_run_is_trained_without_resume(tmp_path):
@@ -32,12 +39,22 @@ def test_a_fresh_run_is_trained_without_resume(tmp_path):
 
 def test_a_stopped_run_is_continued_and_a_finished_one_read_back(tmp_path):
     calls = []
-    (tmp_path / "step_00000002.pt").write_text("checkpoint")
+    save_checkpoint(tmp_path / "step_00000002.pt", model={}, config=get_config("flashocc_r50_tiny"))
     checkpoint, step, _ = train_once(fake_script(calls), str(tmp_path), [], steps=5)
     assert calls[0][:4] == ["--work-dir", str(tmp_path), "--max-steps", "5"] and "--resume" in calls[0]
     assert (checkpoint.name, step) == ("step_00000005.pt", 5)
     checkpoint, step, minutes = train_once(fake_script(calls), str(tmp_path), [], steps=5)
     assert len(calls) == 1 and (checkpoint.name, step, minutes) == ("step_00000005.pt", 5, None)
+
+
+def test_a_finished_run_of_another_config_is_refused_not_read_back(tmp_path):
+    calls = []
+    train_once(fake_script(calls), str(tmp_path), ["--set", "train.lr=0.001"], steps=3)
+    train_once(fake_script(calls), str(tmp_path), ["--set", "train.lr=0.001"], steps=3)    # the same: read back
+    assert len(calls) == 1
+    with pytest.raises(SystemExit, match=r"(?s)finished run.*train.lr: checkpoint 0.001, now 0.002"):
+        train_once(fake_script(calls), str(tmp_path), ["--set", "train.lr=0.002"], steps=3)
+    assert len(calls) == 1
 
 
 def test_a_minutes_run_with_checkpoints_is_refused(tmp_path):
@@ -89,13 +106,13 @@ def test_train_and_score_trains_and_scores_each_selected_model_once(tmp_path, mo
     for root in ("preset_a", "preset_b"):
         (tmp_path / root).mkdir()
     results = {}
-    steps, minutes = train_and_score(models, ["lidar"], "data", str(tmp_path), ["--set", "x=1"], ["--benchmark", "b"],
+    steps, minutes = train_and_score(models, ["lidar"], "data", str(tmp_path), ["--set", "train.lr=0.002"], ["--benchmark", "b"],
                                      results, steps=3)
     assert steps == {"lidar": 3} and set(minutes) == {"lidar"} and results == {"lidar (preset_b)": {"miou": 0.5}}
-    assert trained[0][trained[0].index("--config") + 1] == "preset_b" and trained[0][-2:] == ["--set", "x=1"]
+    assert trained[0][trained[0].index("--config") + 1] == "preset_b" and trained[0][-2:] == ["--set", "train.lr=0.002"]
     assert scored[0][:4] == ["--ckpt", str(tmp_path / "preset_b" / "step_00000003.pt"), "--benchmark", "b"]
     # run again: the finished run is read back, neither trained nor scored a second time
-    steps, minutes = train_and_score(models, ["lidar"], "data", str(tmp_path), ["--set", "x=1"], ["--benchmark", "b"],
+    steps, minutes = train_and_score(models, ["lidar"], "data", str(tmp_path), ["--set", "train.lr=0.002"], ["--benchmark", "b"],
                                      results, steps=3)
     assert (steps, minutes, len(trained), len(scored)) == ({"lidar": 3}, {}, 1, 1)
 
