@@ -136,9 +136,7 @@ def check_finished_run(script, checkpoint, argv):
     changed, or a preset's default since the run was trained. The message names the fields."""
     cfg = script.build_config(script.parse_args(argv))
     stored = load_checkpoint(checkpoint).get("config") or {}
-    differences = config_differences(stored, cfg)
-    if stored.get("name") != cfg.name:
-        differences.insert(0, f"preset: checkpoint {stored.get('name')!r}, now {cfg.name!r}")
+    differences = config_differences(stored, cfg)   # the preset's name is a field too
     if differences:
         sys.exit(f"error: {checkpoint.parent} holds a finished run ({checkpoint.name}) of another config than "
                  f"this benchmark's now; remove the folder to train it again:\n  " + "\n  ".join(differences))

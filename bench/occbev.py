@@ -55,7 +55,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pretrain_occbev  # noqa: E402
 import train_fusion  # noqa: E402
 from bench.common import (epochs_for_steps, mean_and_spread, score_once, split_samples, train_once,  # noqa: E402
-                          training_samples)  # noqa: E402
+                          training_samples)
 from datasets.build import default_split, ensure_synthetic_world  # noqa: E402
 from datasets import prepare_occbev  # noqa: E402  (a script: main(argv) only)
 from occ import occ3d  # noqa: E402
